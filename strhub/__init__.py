@@ -1,0 +1,1 @@
+"""strhub: scene text recognition toolkit."""

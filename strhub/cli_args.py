@@ -1,0 +1,50 @@
+"""Command-line helpers shared by test.py, read.py and bench.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+_TYPES = {'int': int, 'float': float, 'str': str, 'bool': lambda v: _parse_bool(v)}
+
+
+def _parse_bool(value: str) -> bool:
+    lowered = value.lower()
+    if lowered in ('1', 'true', 'yes', 'on'):
+        return True
+    if lowered in ('0', 'false', 'no', 'off'):
+        return False
+    raise ValueError(f'not a boolean: {value!r} (use true/false)')
+
+
+def parse_runtime_args(args: list[str]) -> dict[str, Any]:
+    """``['refine_iters:int=2', 'decode_ar:bool=false']`` -> ``{'refine_iters': 2, 'decode_ar': False}``."""
+    options = {}
+    for arg in args:
+        try:
+            name_type, value = arg.split('=', 1)
+            name, type_name = name_type.split(':', 1)
+            options[name] = _TYPES[type_name](value)
+        except (ValueError, KeyError) as e:
+            raise ValueError(f'bad model option {arg!r}: expected name:type=value with type one of {sorted(_TYPES)} '
+                             f'(e.g. refine_iters:int=2 decode_ar:bool=false); {e}') from None
+    return options
+
+
+def checkpoint_spec(arg: str) -> str:
+    """``pretrained=parseq`` -> ``parseq``; a path or URL is returned unchanged."""
+    return arg.split('=', 1)[1] if arg.startswith('pretrained=') else arg
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> the GPU where present, else the CPU."""
+    if device == 'auto':
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f'bad device {device!r}: use auto, cpu, cuda or cuda:N') from e
+    if resolved.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f'device {device!r} requested but no CUDA GPU is available; use --device cpu')
+    return resolved

@@ -1,0 +1,261 @@
+"""Reading STR-format LMDB datasets (see :mod:`strhub.data.lmdb_writer` for the format)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import lmdb
+from PIL import Image
+from torch.utils.data import Dataset
+
+from strhub.data.labels import LabelFilter
+from strhub.data.lmdb_writer import NUM_SAMPLES_KEY, boxes_key, image_key, label_key
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CACHE_DIR = Path(os.environ.get('XDG_CACHE_HOME', Path.home() / '.cache')) / 'strhub' / 'lmdb_index'
+MAX_LOGGED_KEYS = 5
+# Consecutive undecodable images tolerated before a dataset is declared broken (instead of looping forever).
+MAX_CONSECUTIVE_BAD = 100
+
+
+def is_lmdb_dir(path: Path) -> bool:
+    return (path / 'data.mdb').is_file()
+
+
+def find_lmdb_dirs(root: str | os.PathLike) -> list[Path]:
+    """Every LMDB directory at or below ``root`` (a directory holding ``data.mdb``), sorted."""
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f'dataset path {root} does not exist')
+    if is_lmdb_dir(root):
+        return [root]
+    return sorted(p.parent for p in root.rglob('data.mdb') if p.is_file())
+
+
+def open_lmdb_readonly(path: str | os.PathLike) -> lmdb.Environment:
+    """Opens an LMDB read-only without a lock file, so read-only media and shared storage work."""
+    return lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False, max_readers=1)
+
+
+class LmdbDataset(Dataset):
+    """One STR LMDB: yields ``(image, label)`` or, with ``return_boxes``, ``(image, label, boxes)``.
+
+    Labels are read, normalised and filtered once when the dataset is created (see :class:`LabelFilter`);
+    the resulting index is cached on disk, keyed by the LMDB's size/mtime and the filter settings, so later
+    start-ups, DataLoader workers and DDP ranks don't pay for it again. The LMDB environment is opened lazily
+    in each process (it must not cross a ``fork``), and always read-only.
+
+    Bad samples never stop a run: a missing key or a non-UTF-8 label is dropped at start-up, and an image
+    that fails to decode is replaced by the next good sample. Both are counted in :attr:`skipped`, and the
+    first few keys of each kind are logged.
+
+    Args:
+        root: the LMDB directory.
+        label_filter: label normalisation and filtering; ``None`` keeps labels as stored.
+        transform: applied to the decoded PIL image (e.g. augmentation + :class:`Preprocess`).
+        min_image_size: drop samples whose image is smaller than this (height or width, pixels); 0 = off.
+        return_boxes: also return the per-character boxes (``None`` where the LMDB has none).
+        cache_dir: where the filtered index is cached; ``None`` disables caching.
+    """
+
+    def __init__(self, root: str | os.PathLike, label_filter: LabelFilter | None = None,
+                 transform: Callable[[Image.Image], Any] | None = None, min_image_size: int = 0,
+                 return_boxes: bool = False, cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR) -> None:
+        self.root = Path(root)
+        if not is_lmdb_dir(self.root):
+            raise FileNotFoundError(f'{self.root} is not an LMDB dataset (no data.mdb inside); create one with '
+                                    'tools/create_lmdb.py')
+        self.label_filter = label_filter
+        self.transform = transform
+        self.min_image_size = min_image_size
+        self.return_boxes = return_boxes
+        self._env: lmdb.Environment | None = None
+        self._env_pid: int | None = None
+        self._runtime_bad: Counter[str] = Counter()
+        self._bad_indices: set[int] = set()
+        self.indices, self.labels, self.skipped, self.num_stored = self._load_index(cache_dir)
+        self._log_skipped()
+
+    # -- start-up: labels ---------------------------------------------------------------------------------------
+
+    def _cache_path(self, cache_dir: Path) -> Path:
+        stat = (self.root / 'data.mdb').stat()
+        settings = {
+            'root': str(self.root.resolve()),
+            'size': stat.st_size,
+            'mtime_ns': stat.st_mtime_ns,
+            'filter': asdict(self.label_filter) if self.label_filter else None,
+            'min_image_size': self.min_image_size,
+            'version': 1,
+        }
+        digest = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return cache_dir / f'{self.root.name}-{digest}.json'
+
+    def _load_index(self, cache_dir: str | os.PathLike | None) -> tuple[list[int], list[str], dict, int]:
+        cache_file = self._cache_path(Path(cache_dir)) if cache_dir is not None else None
+        if cache_file is not None and cache_file.is_file():
+            try:
+                cached = json.loads(cache_file.read_text(encoding='utf-8'))
+                return cached['indices'], cached['labels'], cached['skipped'], cached['num_stored']
+            except (ValueError, KeyError):
+                log.warning('ignoring unreadable label index cache %s', cache_file)
+        indices, labels, skipped, num_stored = self._scan_labels()
+        if cache_file is not None:
+            try:
+                cache_file.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cache_file.with_suffix(f'.{os.getpid()}.tmp')
+                tmp.write_text(json.dumps({'indices': indices, 'labels': labels, 'skipped': skipped,
+                                           'num_stored': num_stored}), encoding='utf-8')
+                os.replace(tmp, cache_file)
+            except OSError as e:
+                log.warning('could not cache the label index of %s in %s: %s', self.root, cache_file.parent, e)
+        return indices, labels, skipped, num_stored
+
+    def _scan_labels(self) -> tuple[list[int], list[str], dict, int]:
+        indices: list[int] = []
+        labels: list[str] = []
+        reasons: dict[str, list[str]] = {}
+
+        def reject(reason: str, key: bytes) -> None:
+            reasons.setdefault(reason, []).append(key.decode())
+
+        env = open_lmdb_readonly(self.root)
+        try:
+            with env.begin(buffers=True) as txn:
+                raw_count = txn.get(NUM_SAMPLES_KEY)
+                if raw_count is None:
+                    raise ValueError(f'{self.root} has no num-samples key: not an STR LMDB dataset')
+                num_stored = int(bytes(raw_count))
+                for index in range(1, num_stored + 1):
+                    raw_label = txn.get(label_key(index))
+                    if raw_label is None:
+                        reject('missing label', label_key(index))
+                        continue
+                    try:
+                        label = bytes(raw_label).decode('utf-8')
+                    except UnicodeDecodeError:
+                        reject('label not UTF-8', label_key(index))
+                        continue
+                    if self.label_filter is not None:
+                        label, reason = self.label_filter(label)
+                        if label is None:
+                            reject(reason, label_key(index))
+                            continue
+                    image = txn.get(image_key(index))
+                    if image is None:
+                        reject('missing image', image_key(index))
+                        continue
+                    if self.min_image_size > 0:
+                        size = _image_size(image)
+                        if size is None:
+                            reject('corrupt image', image_key(index))
+                            continue
+                        if min(size) < self.min_image_size:
+                            reject('image too small', image_key(index))
+                            continue
+                    indices.append(index)
+                    labels.append(label)
+        finally:
+            env.close()
+        skipped = {reason: {'count': len(keys), 'keys': keys[:MAX_LOGGED_KEYS]} for reason, keys in reasons.items()}
+        return indices, labels, skipped, num_stored
+
+    def _log_skipped(self) -> None:
+        if self.skipped:
+            detail = '; '.join(f"{reason}: {info['count']} (e.g. {', '.join(info['keys'])})"
+                               for reason, info in sorted(self.skipped.items()))
+            log.info('%s: kept %d of %d samples; skipped %s', self.root, len(self.indices), self.num_stored, detail)
+
+    # -- run time: images ---------------------------------------------------------------------------------------
+
+    @property
+    def env(self) -> lmdb.Environment:
+        # An environment inherited through fork() must not be used in the child: close the inherited handle (that
+        # only unmaps the child's copy; py-lmdb refuses a second open of a path it still holds) and open a new one.
+        if self._env is None or self._env_pid != os.getpid():
+            if self._env is not None:
+                self._env.close()
+            self._env = open_lmdb_readonly(self.root)
+            self._env_pid = os.getpid()
+        return self._env
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state['_env'] = None
+        state['_env_pid'] = None
+        return state
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def num_skipped(self) -> int:
+        """Samples dropped at start-up plus undecodable images met so far in this process."""
+        return sum(info['count'] for info in self.skipped.values()) + sum(self._runtime_bad.values())
+
+    def _decode(self, index: int) -> tuple[Image.Image, str | None]:
+        with self.env.begin(buffers=True) as txn:
+            buf = txn.get(image_key(index))
+            if buf is None:
+                raise KeyError(image_key(index).decode())
+            img = Image.open(io.BytesIO(bytes(buf)))
+            img.load()
+            boxes = txn.get(boxes_key(index)) if self.return_boxes else None
+            return img, (bytes(boxes).decode() if boxes is not None else None)
+
+    def __getitem__(self, item: int):
+        for offset in range(min(len(self), MAX_CONSECUTIVE_BAD)):
+            position = (item + offset) % len(self)
+            index = self.indices[position]
+            if index in self._bad_indices:
+                continue
+            try:
+                img, boxes = self._decode(index)
+            except (OSError, SyntaxError, ValueError, KeyError, Image.DecompressionBombError) as e:
+                self._record_bad(index, e)
+                continue
+            if self.transform is not None:
+                img = self.transform(img)
+            label = self.labels[position]
+            if self.return_boxes:
+                return img, label, (json.loads(boxes) if boxes is not None else None)
+            return img, label
+        raise RuntimeError(f'{self.root}: {MAX_CONSECUTIVE_BAD} images in a row could not be decoded; the dataset is '
+                           'likely corrupt: check it with tools/check_lmdb.py')
+
+    def _record_bad(self, index: int, error: Exception) -> None:
+        self._bad_indices.add(index)
+        self._runtime_bad['corrupt image'] += 1
+        if self._runtime_bad['corrupt image'] <= MAX_LOGGED_KEYS:
+            log.warning('%s: skipping undecodable %s (%s: %s)', self.root, image_key(index).decode(),
+                        type(error).__name__, error)
+
+
+def _image_size(buf) -> tuple[int, int] | None:
+    """(width, height) from the image header alone, or None when it is not a readable image."""
+    try:
+        with Image.open(io.BytesIO(bytes(buf))) as img:
+            return img.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def open_lmdb_datasets(roots: Iterable[str | os.PathLike], **kwargs: Any) -> list[LmdbDataset]:
+    """Opens every LMDB found under each root (recursively) with the same settings."""
+    datasets = []
+    for root in roots:
+        found = find_lmdb_dirs(root)
+        if not found:
+            raise FileNotFoundError(f'no LMDB dataset (a directory with data.mdb) under {root}')
+        datasets.extend(LmdbDataset(path, **kwargs) for path in found)
+    return datasets

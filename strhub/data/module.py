@@ -1,0 +1,185 @@
+"""The LightningDataModule shared by every model: LMDB sources, label filtering, preprocessing, augmentation."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from PIL import Image
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
+
+from strhub.data.augment import build_augmentation
+from strhub.data.charsets import resolve_charset
+from strhub.data.labels import LabelFilter
+from strhub.data.lmdb_dataset import DEFAULT_CACHE_DIR, LmdbDataset, open_lmdb_datasets
+from strhub.data.preprocess import Preprocess
+from strhub.data.sampling import RatioSampler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Source:
+    """A training source: the first of ``paths`` (relative to the data root) that exists, mixed at ``weight``."""
+
+    name: str
+    paths: Sequence[str]
+    weight: float = 1.0
+
+
+def resolve_dir(root: Path, candidates: Sequence[str], what: str) -> Path:
+    """The first existing ``root / candidate``; the error lists every place that was tried."""
+    for candidate in candidates:
+        path = Path(candidate) if os.path.isabs(candidate) else root / candidate
+        if path.exists():
+            return path
+    tried = ', '.join(str(root / c) for c in candidates)
+    raise FileNotFoundError(f'{what}: none of [{tried}] exists. See data/README.md for the supported layouts, or '
+                            'set data.root_dir / the dataset paths')
+
+
+class ImageTransform:
+    """Augmentation (training only) followed by the model's preprocessing; picklable for workers."""
+
+    def __init__(self, preprocess: Preprocess, augment: Callable[[Image.Image], Image.Image] | None = None) -> None:
+        self.preprocess = preprocess
+        self.augment = augment
+
+    def __call__(self, img: Image.Image) -> torch.Tensor:
+        if self.augment is not None:
+            img = self.augment(img.convert('RGB'))
+        return self.preprocess(img)
+
+
+def collate_images_labels(batch: Sequence[tuple]) -> tuple:
+    """Stacks images; keeps labels (and boxes, when present) as lists."""
+    columns = list(zip(*batch))
+    return (torch.stack(columns[0]), list(columns[1]), *[list(c) for c in columns[2:]])
+
+
+class SceneTextDataModule(pl.LightningDataModule):
+    """Training, validation and test data from STR LMDBs.
+
+    Args:
+        root_dir: the data root; the source paths below are relative to it.
+        train: training sources (``Source`` fields as mappings); several sources are mixed by weight.
+        val: candidate validation directories (first existing one is used; every LMDB below it is used).
+        benchmarks: test set name -> candidate directory names (both data layouts' names) searched under
+            each of ``test_roots``.
+        test_roots: candidate directories (relative to ``root_dir``) that hold the benchmark sets.
+        charset_train / charset_test: charset specs (see :func:`resolve_charset`); training labels are filtered
+            with the train charset, validation / test labels with the test charset.
+        preprocess: :class:`Preprocess` fields (img_size, resize, normalization ...).
+        augment: augmentation config for training (see :mod:`strhub.data.augment`); None or disabled = off.
+        samples_per_epoch: draws per training epoch when mixing sources (default: their total size).
+    """
+
+    def __init__(self, root_dir: str, train: Sequence[Mapping[str, Any]] = (), val: Sequence[str] = (),
+                 benchmarks: Mapping[str, Sequence[str]] | None = None, test_roots: Sequence[str] = ('test',),
+                 charset_train: str = '94_full', charset_test: str = '36_lowercase', max_label_length: int = 25,
+                 preprocess: Mapping[str, Any] | None = None, augment: Mapping[str, Any] | None = None,
+                 batch_size: int = 256, num_workers: int = 2, remove_whitespace: bool = True,
+                 normalize_unicode: bool = True, unknown_chars: str = 'remove', min_image_size: int = 0,
+                 samples_per_epoch: int | None = None, return_boxes: bool = False, seed: int = 0,
+                 cache_dir: str | None = str(DEFAULT_CACHE_DIR)) -> None:
+        super().__init__()
+        self.root_dir = Path(root_dir)
+        self.train_sources = [Source(**dict(s)) for s in train]
+        self.val_dirs = list(val)
+        self.benchmarks = {k: list(v) for k, v in (benchmarks or {}).items()}
+        self.test_roots = list(test_roots)
+        self.charset_train = resolve_charset(charset_train)
+        self.charset_test = resolve_charset(charset_test)
+        self.max_label_length = max_label_length
+        self.preprocess = Preprocess(**dict(preprocess or {}))
+        self.augment_cfg = dict(augment) if augment else None
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.filter_kwargs = dict(max_length=max_label_length, remove_whitespace=remove_whitespace,
+                                  normalize_unicode=normalize_unicode, unknown_chars=unknown_chars)
+        self.min_image_size = min_image_size
+        self.samples_per_epoch = samples_per_epoch
+        self.return_boxes = return_boxes
+        self.seed = seed
+        self.cache_dir = cache_dir
+        self._train: Dataset | None = None
+        self._train_sizes: list[int] = []
+        self._val: Dataset | None = None
+
+    # -- datasets -----------------------------------------------------------------------------------------------
+
+    def _open(self, roots: Sequence[Path], charset: str, transform: Callable, return_boxes: bool = False
+              ) -> list[LmdbDataset]:
+        return open_lmdb_datasets(roots, label_filter=LabelFilter(charset, **self.filter_kwargs), transform=transform,
+                                  min_image_size=self.min_image_size, return_boxes=return_boxes,
+                                  cache_dir=self.cache_dir)
+
+    @property
+    def train_dataset(self) -> Dataset:
+        if self._train is None:
+            if not self.train_sources:
+                raise ValueError('no training sources configured: set dataset=<name> or data.train')
+            transform = ImageTransform(self.preprocess, build_augmentation(self.augment_cfg))
+            parts = []
+            for source in self.train_sources:
+                path = resolve_dir(self.root_dir, source.paths, f'training source {source.name!r}')
+                datasets = self._open([path], self.charset_train, transform, self.return_boxes)
+                parts.append(ConcatDataset(datasets))
+                log.info('training source %s: %d samples from %d LMDB(s) under %s (weight %.3g)', source.name,
+                         len(parts[-1]), len(datasets), path, source.weight)
+            self._train_sizes = [len(p) for p in parts]
+            self._train = ConcatDataset(parts)
+        return self._train
+
+    @property
+    def val_dataset(self) -> Dataset:
+        if self._val is None:
+            path = resolve_dir(self.root_dir, self.val_dirs, 'validation data')
+            self._val = ConcatDataset(self._open([path], self.charset_test, ImageTransform(self.preprocess)))
+        return self._val
+
+    def find_benchmarks(self, names: Sequence[str]) -> tuple[dict[str, Path], list[str]]:
+        """Locates the named benchmark sets under the test roots. Returns ``(found name -> path, missing names)``."""
+        found, missing = {}, []
+        roots = [self.root_dir / r for r in self.test_roots if (self.root_dir / r).is_dir()]
+        for name in names:
+            if name not in self.benchmarks:
+                raise KeyError(f'unknown benchmark {name!r}; configured: {sorted(self.benchmarks)}')
+            paths = [root / alias for root in roots for alias in self.benchmarks[name] if (root / alias).is_dir()]
+            if paths:
+                found[name] = paths[0]
+            else:
+                missing.append(name)
+        return found, missing
+
+    def test_dataloaders(self, sets: Mapping[str, Path], rotation: float = 0.0) -> dict[str, DataLoader]:
+        """One DataLoader per test set (name -> directory holding one or more LMDBs)."""
+        preprocess = Preprocess(**{**self.preprocess.__dict__, 'rotation': rotation}) if rotation else self.preprocess
+        transform = ImageTransform(preprocess)
+        return {name: self._loader(ConcatDataset(self._open([path], self.charset_test, transform)), shuffle=False)
+                for name, path in sets.items()}
+
+    # -- loaders ------------------------------------------------------------------------------------------------
+
+    def _loader(self, dataset: Dataset, shuffle: bool = False, sampler=None) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, sampler=sampler,
+                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+                          pin_memory=torch.cuda.is_available(), collate_fn=collate_images_labels,
+                          drop_last=False)
+
+    def train_dataloader(self) -> DataLoader:
+        dataset = self.train_dataset
+        if len(self.train_sources) > 1 or self.samples_per_epoch:
+            sampler = RatioSampler(self._train_sizes, [s.weight for s in self.train_sources],
+                                   num_samples=self.samples_per_epoch, seed=self.seed)
+            return self._loader(dataset, sampler=sampler)
+        return self._loader(dataset, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_dataset)

@@ -1,0 +1,95 @@
+"""Image preprocessing presets: what a model expects of its input images."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+
+class ResizeMode(str, Enum):
+    STRETCH = 'stretch'  # resize to the target size, ignoring the aspect ratio (the usual STR choice)
+    KEEP_RATIO = 'keep_ratio'  # scale to fit inside the target, pad the rest (right/bottom)
+
+
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    'minus_one_one': ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),  # [-1, 1]
+    'zero_one': ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),  # [0, 1]
+    'imagenet': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+
+
+@dataclass
+class Preprocess:
+    """Turns a PIL image into the model's input tensor (C, H, W).
+
+    Attributes:
+        img_size: (height, width) of the model input.
+        resize: ``stretch`` or ``keep_ratio`` (pad with ``pad_value`` to the right and bottom).
+        normalization: a name from :data:`NORMALIZATIONS`, or ``{mean: [...], std: [...]}`` in [0, 1] units.
+        channels: 3 (RGB) or 1 (grayscale).
+        rotation: degrees to rotate every image by (robustness tests), expanding the canvas.
+    """
+
+    img_size: Sequence[int] = (32, 128)
+    resize: ResizeMode = ResizeMode.STRETCH
+    normalization: str | dict = 'minus_one_one'
+    channels: int = 3
+    pad_value: int = 0
+    rotation: float = 0.0
+    interpolation: str = 'bicubic'
+    _scale: Tensor = field(init=False, repr=False)
+    _shift: Tensor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.img_size = tuple(int(s) for s in self.img_size)
+        if len(self.img_size) != 2:
+            raise ValueError(f'img_size must be [height, width], got {list(self.img_size)}')
+        self.resize = ResizeMode(self.resize)
+        if self.channels not in (1, 3):
+            raise ValueError(f'channels must be 1 or 3, got {self.channels}')
+        if isinstance(self.normalization, str):
+            if self.normalization not in NORMALIZATIONS:
+                raise ValueError(f'unknown normalization {self.normalization!r}; valid: {sorted(NORMALIZATIONS)} or '
+                                 '{mean: [...], std: [...]}')
+            mean, std = NORMALIZATIONS[self.normalization]
+        else:
+            mean, std = tuple(self.normalization['mean']), tuple(self.normalization['std'])
+        mean, std = mean[: self.channels], std[: self.channels]
+        # uint8 -> normalised float in one fused multiply-add: x * scale + shift.
+        std_t, mean_t = torch.tensor(std).view(-1, 1, 1), torch.tensor(mean).view(-1, 1, 1)
+        self._scale = 1.0 / (255.0 * std_t)
+        self._shift = -mean_t / std_t
+        self._resample = getattr(Image.Resampling, self.interpolation.upper())
+
+    def resize_image(self, img: Image.Image) -> Image.Image:
+        """Converts the colour mode and resizes a PIL image to ``img_size`` (H, W)."""
+        img = img.convert('RGB' if self.channels == 3 else 'L')
+        if self.rotation:
+            img = img.rotate(self.rotation, resample=Image.Resampling.BICUBIC, expand=True)
+        h, w = self.img_size
+        if self.resize is ResizeMode.STRETCH:
+            return img.resize((w, h), self._resample) if img.size != (w, h) else img
+        scale = min(h / img.height, w / img.width)
+        new_w, new_h = max(1, round(img.width * scale)), max(1, round(img.height * scale))
+        canvas = Image.new(img.mode, (w, h), (self.pad_value,) * self.channels)
+        canvas.paste(img.resize((new_w, new_h), self._resample), (0, 0))
+        return canvas
+
+    def to_tensor(self, img: Image.Image) -> Tensor:
+        """(H, W[, C]) uint8 PIL image -> (C, H, W) normalised float tensor."""
+        arr = torch.from_numpy(np.array(img))  # a writable copy
+        arr = arr.unsqueeze(0) if arr.ndim == 2 else arr.permute(2, 0, 1)
+        return arr.float().mul_(self._scale).add_(self._shift)
+
+    def __call__(self, img: Image.Image) -> Tensor:
+        return self.to_tensor(self.resize_image(img))
+
+    def denormalize(self, images: Tensor) -> Tensor:
+        """Inverse of the normalisation: (..., C, H, W) -> uint8-range floats in [0, 255]."""
+        return ((images - self._shift.to(images.device)) / self._scale.to(images.device)).clamp(0, 255)

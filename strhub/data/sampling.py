@@ -1,0 +1,56 @@
+"""Mixing several training sources at fixed ratios."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.utils.data import Sampler
+
+
+class RatioSampler(Sampler[int]):
+    """Samples indices of a ``ConcatDataset`` so that each source contributes a fixed share of every epoch.
+
+    Source ``s`` (of ``sizes[s]`` samples, at offset ``sum(sizes[:s])``) supplies ``weights[s] / sum(weights)``
+    of the ``num_samples`` draws of an epoch, each source without replacement while it lasts (then reshuffled),
+    so a small real set mixed 50:50 with a huge synthetic one is repeated and the synthetic one sub-sampled.
+    Call :meth:`set_epoch` for a new order each epoch (Lightning does, and wraps it for DDP).
+    """
+
+    def __init__(self, sizes: Sequence[int], weights: Sequence[float], num_samples: int | None = None,
+                 seed: int = 0) -> None:
+        if len(sizes) != len(weights):
+            raise ValueError(f'{len(sizes)} sources but {len(weights)} weights')
+        if any(w < 0 for w in weights) or sum(weights) <= 0:
+            raise ValueError(f'source weights must be non-negative and not all zero, got {list(weights)}')
+        if any(n == 0 for n, w in zip(sizes, weights) if w > 0):
+            raise ValueError('a training source with a non-zero weight has no samples')
+        self.sizes = list(sizes)
+        self.weights = [w / sum(weights) for w in weights]
+        self.num_samples = num_samples if num_samples is not None else sum(sizes)
+        self.seed = seed
+        self.epoch = 0
+        counts = [int(self.num_samples * w) for w in self.weights]
+        # Hand the rounding remainder to the largest-weight sources so the counts add up to num_samples.
+        for s in sorted(range(len(counts)), key=lambda s: -self.weights[s])[: self.num_samples - sum(counts)]:
+            counts[s] += 1
+        self.counts = counts
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self) -> Iterator[int]:
+        gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        offset = 0
+        picks = []
+        for size, count in zip(self.sizes, self.counts):
+            if count:
+                repeats = -(-count // size)
+                order = torch.cat([torch.randperm(size, generator=gen) for _ in range(repeats)])[:count]
+                picks.append(order + offset)
+            offset += size
+        merged = torch.cat(picks)
+        return iter(merged[torch.randperm(len(merged), generator=gen)].tolist())

@@ -1,0 +1,215 @@
+"""The base LightningModule ("system") that every model shares.
+
+A system wraps a plain ``nn.Module`` (``forward(images, max_length=None) -> logits``) and owns what all models
+need: the tokenizer, the validation/test step and its metrics, optimiser and scheduler set-up with the LR scaling
+rule, stochastic weight averaging, and logging. A model's system only adds its training loss (and, for unusual
+models, its own validation loss).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from abc import abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.callbacks import StochasticWeightAveraging
+from torch import Tensor, nn
+
+from strhub.data.charsets import resolve_charset
+from strhub.data.tokenizer import CharTokenizer, CTCTokenizer, Tokenizer
+from strhub.metrics import RecognitionMetrics, TextNormalizer
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = {
+    'adamw': torch.optim.AdamW,
+    'adam': torch.optim.Adam,
+    'adadelta': torch.optim.Adadelta,
+    'sgd': torch.optim.SGD,
+}
+SCHEDULERS = ('onecycle', 'cosine_warm_restarts', 'cosine', 'constant')
+SYSTEM_KEY = 'strhub_system'  # checkpoint entry naming the system class that rebuilds the model
+
+
+def scaled_lr(base_lr: float, batch_size: int, devices: int = 1, accumulate: int = 1) -> float:
+    """The LR scaling rule: ``lr * sqrt(devices) * batch_size / 256 * accumulate``."""
+    return base_lr * math.sqrt(devices) * batch_size / 256.0 * accumulate
+
+
+class BaseSystem(pl.LightningModule):
+    """Shared training / evaluation machinery. Subclasses set :attr:`tokenizer_class`, build ``self.model`` and
+    implement :meth:`training_loss`.
+
+    Args:
+        name: the model configuration's name (e.g. ``parseq-tiny``), kept in checkpoints.
+        charset_train: charset spec the model is trained on (fixes the output classes).
+        charset_test: charset spec used to filter predictions and labels for evaluation.
+        max_label_length: longest label the model decodes.
+        img_size: (height, width) of the model input.
+        batch_size: per-device batch size (used by the LR scaling rule).
+        lr: base learning rate before scaling.
+        optimizer: ``{name: adamw|adam|adadelta|sgd, ...optimizer kwargs}``.
+        scheduler: ``{name: onecycle|cosine_warm_restarts|cosine|constant, ...}``.
+        scale_lr: apply the LR scaling rule (off for optimisers like Adadelta whose lr is not a step size).
+        swa: ``{swa_lrs: ..., swa_epoch_start: ...}`` to enable stochastic weight averaging, or None.
+        preprocess: image preprocessing preset the model expects (see :class:`strhub.data.preprocess.Preprocess`).
+    """
+
+    tokenizer_class: type[Tokenizer] = CharTokenizer
+
+    def __init__(self, name: str, charset_train: str, charset_test: str, max_label_length: int,
+                 img_size: Sequence[int], batch_size: int, lr: float, optimizer: Mapping[str, Any] | None = None,
+                 scheduler: Mapping[str, Any] | None = None, scale_lr: bool = True,
+                 swa: Mapping[str, Any] | None = None, preprocess: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.charset_train = resolve_charset(charset_train)
+        self.charset_test = resolve_charset(charset_test)
+        self.tokenizer = self.tokenizer_class(self.charset_train)
+        self.max_label_length = max_label_length
+        self.batch_size = batch_size
+        self.lr = lr
+        self.val_metrics = RecognitionMetrics(['val'], TextNormalizer.from_options(charset_test=self.charset_test))
+        self.model: nn.Module
+
+    # -- inference ----------------------------------------------------------------------------------------------
+
+    def forward(self, images: Tensor, max_length: int | None = None) -> Tensor:
+        """(N, C, H, W) images -> (N, L, num_classes) logits."""
+        return self.model(images, max_length)
+
+    @torch.inference_mode()
+    def predict(self, images: Tensor) -> tuple[list[str], list[Tensor]]:
+        """Images -> decoded strings and per-token probabilities (see :meth:`Tokenizer.decode`)."""
+        return self.tokenizer.decode(self.forward(images).softmax(-1))
+
+    # -- losses -------------------------------------------------------------------------------------------------
+
+    @abstractmethod
+    def training_loss(self, images: Tensor, labels: list[str]) -> Tensor:
+        """The training objective for one batch."""
+
+    @abstractmethod
+    def forward_logits_loss(self, images: Tensor, labels: list[str]) -> tuple[Tensor, Tensor, int]:
+        """The validation path: ``(logits, mean loss, number of loss elements)``."""
+
+    # -- Lightning hooks ----------------------------------------------------------------------------------------
+
+    def training_step(self, batch: tuple, batch_idx: int) -> Tensor:
+        images, labels = batch[0], batch[1]
+        loss = self.training_loss(images, labels)
+        self.log('loss', loss, prog_bar=True, batch_size=len(labels))
+        return loss
+
+    def validation_step(self, batch: tuple, batch_idx: int) -> None:
+        images, labels = batch[0], batch[1]
+        logits, loss, numel = self.forward_logits_loss(images, labels)
+        preds, probs = self.tokenizer.decode(logits.softmax(-1))
+        self.val_metrics.update('val', preds, labels, [float(p.prod()) for p in probs])
+        self.log('val_loss', loss, batch_size=int(numel), sync_dist=True)
+
+    def on_validation_epoch_end(self) -> None:
+        result = self.val_metrics.compute()['val']
+        self.val_metrics.reset()
+        self.log('val_accuracy', result['accuracy'], prog_bar=True, sync_dist=False)
+        self.log('val_NED', result['one_minus_ned'], prog_bar=True, sync_dist=False)
+        self.log('hp_metric', result['accuracy'], sync_dist=False)
+
+    def configure_optimizers(self):
+        opt_cfg = dict(self.hparams.optimizer or {'name': 'adamw'})
+        opt_name = opt_cfg.pop('name', 'adamw')
+        if opt_name not in OPTIMIZERS:
+            raise ValueError(f'unknown optimizer {opt_name!r}; valid: {sorted(OPTIMIZERS)}')
+        lr = self.lr
+        if self.hparams.scale_lr:
+            trainer = self.trainer
+            devices = trainer.num_devices * trainer.num_nodes
+            lr = scaled_lr(self.lr, self.batch_size, devices, trainer.accumulate_grad_batches)
+        weight_decay = opt_cfg.pop('weight_decay', 0.0)
+        optimizer = OPTIMIZERS[opt_name](self.param_groups(weight_decay), lr=lr, **opt_cfg)
+        scheduler = self._build_scheduler(optimizer, lr)
+        if scheduler is None:
+            return optimizer
+        return {'optimizer': optimizer, 'lr_scheduler': {'scheduler': scheduler, 'interval': 'step'}}
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """Weight decay on weight matrices only: biases, norms, embeddings and positional parameters are exempt."""
+        no_decay = set()
+        exempt = getattr(self.model, 'no_weight_decay', lambda: set())()
+        for name, param in self.model.named_parameters():
+            if param.ndim <= 1 or name in exempt or name.split('.')[-1] in exempt:
+                no_decay.add(name)
+        params = dict(self.model.named_parameters())
+        groups = [
+            {'params': [p for n, p in params.items() if n not in no_decay and p.requires_grad],
+             'weight_decay': weight_decay},
+            {'params': [p for n, p in params.items() if n in no_decay and p.requires_grad], 'weight_decay': 0.0},
+        ]
+        return [g for g in groups if g['params']]
+
+    def _build_scheduler(self, optimizer: torch.optim.Optimizer, lr: float):
+        cfg = dict(self.hparams.scheduler or {'name': 'onecycle'})
+        name = cfg.pop('name', 'onecycle')
+        total = self.trainer.estimated_stepping_batches
+        if name == 'onecycle':
+            return torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, max_lr=[g.get('lr', lr) for g in optimizer.param_groups], total_steps=int(total),
+                pct_start=cfg.get('warmup_pct', 0.075), cycle_momentum=cfg.get('cycle_momentum', False))
+        if name == 'cosine_warm_restarts':
+            return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+                optimizer, T_0=int(cfg.get('restart_steps', max(1, total // 4))), T_mult=int(cfg.get('t_mult', 1)),
+                eta_min=cfg.get('min_lr', 0.0))
+        if name == 'cosine':
+            return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(total),
+                                                              eta_min=cfg.get('min_lr', 0.0))
+        if name == 'constant':
+            return None
+        raise ValueError(f'unknown scheduler {name!r}; valid: {list(SCHEDULERS)}')
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[SYSTEM_KEY] = f'{type(self).__module__}.{type(self).__qualname__}'
+
+    def configure_callbacks(self):
+        if not self.hparams.swa:
+            return []
+        return [StochasticWeightAveraging(**dict(self.hparams.swa))]
+
+
+class CrossEntropySystem(BaseSystem):
+    """Models trained with per-position cross-entropy over ``[E] + charset`` (attention decoders)."""
+
+    tokenizer_class = CharTokenizer
+
+    def forward_logits_loss(self, images: Tensor, labels: list[str]) -> tuple[Tensor, Tensor, int]:
+        targets = self.tokenizer.encode(labels, self.device)[:, 1:]  # drop [B]
+        max_length = targets.shape[1] - 1  # without [E]
+        logits = self.forward(images, max_length)
+        loss = F.cross_entropy(logits.flatten(end_dim=1), targets.flatten(), ignore_index=self.tokenizer.pad_id)
+        return logits, loss, int((targets != self.tokenizer.pad_id).sum())
+
+
+class CTCSystem(BaseSystem):
+    """Models trained with CTC over ``blank + charset``."""
+
+    tokenizer_class = CTCTokenizer
+
+    def forward_logits_loss(self, images: Tensor, labels: list[str]) -> tuple[Tensor, Tensor, int]:
+        logits = self.forward(images)
+        return logits, self.ctc_loss(logits, labels), len(labels)
+
+    def training_loss(self, images: Tensor, labels: list[str]) -> Tensor:
+        return self.ctc_loss(self.forward(images), labels)
+
+    def ctc_loss(self, logits: Tensor, labels: list[str]) -> Tensor:
+        targets = self.tokenizer.encode(labels, self.device)
+        log_probs = logits.log_softmax(-1).transpose(0, 1)  # (T, N, C)
+        frames, n = log_probs.shape[:2]
+        input_lengths = torch.full((n,), frames, dtype=torch.long, device=self.device)
+        target_lengths = torch.as_tensor([len(y) for y in labels], dtype=torch.long, device=self.device)
+        return F.ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=self.tokenizer.blank_id,
+                          zero_infinity=True)

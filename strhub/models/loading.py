@@ -1,0 +1,152 @@
+"""Building systems from configs and checkpoints, and resolving ``pretrained=<name|path|url>``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+from strhub.config import model_config
+from strhub.models import registry
+from strhub.models.base import SYSTEM_KEY, BaseSystem
+
+log = logging.getLogger(__name__)
+
+HASH_IN_NAME = re.compile(r'-([a-f0-9]{8,})\.')
+
+
+def build_system(model_cfg: Mapping[str, Any]) -> BaseSystem:
+    """A fresh system from a resolved ``model`` config section (its ``_target_`` names the system class)."""
+    cfg = dict(model_cfg)
+    target = cfg.pop('_target_', None)
+    if target is None:
+        raise ValueError('model config has no _target_ (the system class); compose it with model=<name>')
+    return registry.system_class(target)(**cfg)
+
+
+def download(url: str, check_hash: bool = True) -> Path:
+    """Fetches ``url`` (http(s) or file://) into the torch hub cache, verifying the SHA-256 prefix in its name."""
+    parsed = urlparse(url)
+    filename = os.path.basename(parsed.path)
+    cache = Path(torch.hub.get_dir()) / 'checkpoints'
+    cache.mkdir(parents=True, exist_ok=True)
+    dst = cache / filename
+    if not dst.exists():
+        match = HASH_IN_NAME.search(filename) if check_hash else None
+        log.info('downloading %s to %s', url, dst)
+        try:
+            torch.hub.download_url_to_file(url, str(dst), hash_prefix=match.group(1) if match else None,
+                                           progress=False)
+        except OSError as e:
+            raise OSError(f'could not download {url}: {e}. Without a network, download the file elsewhere and pass '
+                          'its local path instead') from e
+    return dst
+
+
+def resolve_checkpoint_path(spec: str | os.PathLike) -> Path:
+    """A local path for a checkpoint given as a path, a ``file://`` / ``https://`` URL or a pretrained name."""
+    spec = str(spec)
+    if '://' in spec:
+        return download(spec)
+    if spec in registry.PRETRAINED:
+        return download(registry.PRETRAINED[spec].url)
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    raise FileNotFoundError(f'checkpoint {spec!r} not found: give an existing file, a file:// or https:// URL, or a '
+                            f'pretrained name ({sorted(registry.PRETRAINED)})')
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Reads a checkpoint without executing code: safetensors, or ``torch.load(weights_only=True)``."""
+    path = Path(path)
+    if path.suffix == '.safetensors':
+        from safetensors.torch import load_file
+
+        return {'state_dict': load_file(str(path))}
+    try:
+        data = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises several unrelated types for a bad file
+        raise ValueError(f'{path} is not a readable checkpoint ({type(e).__name__}: {e})') from e
+    if not isinstance(data, dict):
+        raise ValueError(f'{path} holds a {type(data).__name__}, not a checkpoint dictionary')
+    return data
+
+
+def _state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    return dict(checkpoint.get('state_dict', checkpoint))
+
+
+def load(spec: str | os.PathLike, device: str | torch.device = 'cpu', **runtime: Any) -> BaseSystem:
+    """Loads a trained system for inference (eval mode) from a ``.ckpt`` path/URL or a pretrained name.
+
+    Args:
+        spec: our checkpoint (path, ``file://`` or ``https://`` URL), or a name from :data:`registry.PRETRAINED`.
+        device: where to put the model.
+        runtime: model attributes to set after loading (e.g. ``refine_iters=2, decode_ar=False``).
+    """
+    spec = str(spec)
+    if spec in registry.PRETRAINED:
+        weights = registry.PRETRAINED[spec]
+        system = build_system(model_config(weights.config, weights.overrides))
+        state = registry.importer(weights.layout)(_state_dict(read_checkpoint(resolve_checkpoint_path(spec))))
+        system.load_state_dict(state, strict=True)
+    else:
+        checkpoint = read_checkpoint(resolve_checkpoint_path(spec))
+        if SYSTEM_KEY not in checkpoint or 'hyper_parameters' not in checkpoint:
+            raise ValueError(f'{spec} is not a strhub training checkpoint (no embedded config); for published weights '
+                             f'use a pretrained name ({sorted(registry.PRETRAINED)}) or pretrained=<file> with a '
+                             'model config')
+        system = registry.system_class(checkpoint[SYSTEM_KEY])(**checkpoint['hyper_parameters'])
+        system.load_state_dict(checkpoint['state_dict'], strict=True)
+    set_runtime_options(system, runtime)
+    return system.eval().to(device)
+
+
+def set_runtime_options(system: BaseSystem, options: Mapping[str, Any]) -> None:
+    """Sets inference-time attributes of the model (``refine_iters``, ``decode_ar`` ...), refusing unknown ones."""
+    for key, value in options.items():
+        if not hasattr(system.model, key):
+            valid = sorted(k for k, v in vars(system.model).items()
+                           if not k.startswith('_') and isinstance(v, bool | int | float | str))
+            raise AttributeError(f'{type(system.model).__name__} has no runtime option {key!r}; valid: {valid}')
+        setattr(system.model, key, value)
+
+
+def load_pretrained_weights(system: BaseSystem, spec: str | os.PathLike) -> None:
+    """Initialises ``system`` from other weights for fine-tuning.
+
+    Tensors whose shapes differ (another charset or max label length changes the head, the text embedding and the
+    position queries) keep their fresh initialisation, with a log line naming them.
+    """
+    spec = str(spec)
+    checkpoint = read_checkpoint(resolve_checkpoint_path(spec))
+    state = _state_dict(checkpoint)
+    if spec in registry.PRETRAINED:
+        state = registry.importer(registry.PRETRAINED[spec].layout)(state)
+    own = system.state_dict()
+    compatible = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    reinitialised = sorted(k for k, v in state.items() if k in own and own[k].shape != v.shape)
+    unexpected = sorted(k for k in state if k not in own)
+    missing = sorted(k for k in own if k not in state)
+    if not compatible:
+        raise ValueError(f'{spec}: none of its {len(state)} tensors fits {type(system.model).__name__}; is it a '
+                         f'checkpoint of another architecture? (first keys: {list(state)[:5]})')
+    if reinitialised:
+        log.warning('pretrained %s: re-initialised %d tensor(s) whose shape differs (new charset or max length): %s',
+                    spec, len(reinitialised), ', '.join(reinitialised))
+    if unexpected or missing:
+        log.warning('pretrained %s: %d unexpected and %d missing key(s) (e.g. %s)', spec, len(unexpected),
+                    len(missing), ', '.join((unexpected + missing)[:5]))
+    system.load_state_dict(compatible, strict=False)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

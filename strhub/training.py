@@ -1,0 +1,71 @@
+"""Training from a composed config: the logic behind ``./train.py``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from strhub.data.module import SceneTextDataModule
+from strhub.models.base import BaseSystem
+from strhub.models.loading import build_system, count_parameters, load_pretrained_weights
+
+log = logging.getLogger(__name__)
+
+
+def resolve_precision(precision: str | int | None, accelerator: str) -> str | int:
+    """``auto``: bf16 mixed precision on GPUs that support it, fp16 mixed on older GPUs, fp32 on the CPU."""
+    if precision not in (None, 'auto'):
+        return precision
+    on_gpu = accelerator in ('gpu', 'cuda') or (accelerator == 'auto' and torch.cuda.is_available())
+    if not on_gpu:
+        return '32-true'
+    return 'bf16-mixed' if torch.cuda.is_bf16_supported() else '16-mixed'
+
+
+def resolve_resume_path(ckpt_path: str | None) -> str | None:
+    """``ckpt_path`` may name a checkpoint file or a run directory (then its ``checkpoints/last.ckpt`` is used)."""
+    if ckpt_path is None:
+        return None
+    path = Path(ckpt_path)
+    if path.is_dir():
+        path = path / 'checkpoints' / 'last.ckpt'
+    if not path.is_file():
+        raise FileNotFoundError(f'cannot resume: checkpoint {path} does not exist. Pass ckpt_path=<run dir or .ckpt '
+                                'file>, e.g. outputs/parseq/<timestamp>/checkpoints/last.ckpt')
+    return str(path)
+
+
+def build_trainer(cfg: DictConfig, run_dir: Path, **extra: Any) -> pl.Trainer:
+    trainer_cfg: dict[str, Any] = OmegaConf.to_container(cfg.trainer, resolve=True)
+    trainer_cfg['precision'] = resolve_precision(trainer_cfg.get('precision'), trainer_cfg.get('accelerator', 'auto'))
+    checkpoint = ModelCheckpoint(dirpath=run_dir / 'checkpoints', monitor='val_accuracy', mode='max', save_top_k=1,
+                                 save_last=True, filename='{epoch}-{step}-{val_accuracy:.4f}-{val_NED:.4f}')
+    callbacks = [checkpoint, LearningRateMonitor(logging_interval='step')]
+    logger = TensorBoardLogger(str(run_dir), name='', version='', default_hp_metric=False)
+    return pl.Trainer(**trainer_cfg, callbacks=callbacks, logger=logger, default_root_dir=str(run_dir), **extra)
+
+
+def train(cfg: DictConfig, run_dir: str | Path) -> tuple[BaseSystem, pl.Trainer]:
+    """Trains the model described by ``cfg`` and writes checkpoints and logs under ``run_dir``.
+
+    ``cfg.ckpt_path`` resumes an interrupted run exactly (weights, optimiser, scheduler, step);
+    ``cfg.pretrained`` starts from other weights (a path, URL or pretrained name) with a fresh schedule.
+    """
+    run_dir = Path(run_dir)
+    pl.seed_everything(cfg.seed, workers=True)
+    resume = resolve_resume_path(cfg.ckpt_path)
+    system = build_system(OmegaConf.to_container(cfg.model, resolve=True))
+    if cfg.pretrained:
+        load_pretrained_weights(system, cfg.pretrained)
+    log.info('%s: %.2fM parameters', cfg.model.name, count_parameters(system.model) / 1e6)
+    datamodule = SceneTextDataModule(**OmegaConf.to_container(cfg.data, resolve=True))
+    trainer = build_trainer(cfg, run_dir)
+    trainer.fit(system, datamodule=datamodule, ckpt_path=resume)
+    return system, trainer

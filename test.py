@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""Evaluate a trained model on the benchmark test sets and print the results table.
+
+    ./test.py outputs/parseq/<run>/checkpoints/last.ckpt --benchmark_all_eval
+    ./test.py pretrained=parseq refine_iters:int=2 decode_ar:bool=false
+    ./test.py model.ckpt --test_dirs data/test/generated --errors errors.tsv
+"""
+
+import argparse
+import logging
+import sys
+
+from strhub.cli_args import checkpoint_spec, parse_runtime_args, resolve_device
+from strhub.config import compose_config
+from strhub.data.module import SceneTextDataModule
+from strhub.evaluation import discover_test_sets, evaluate, write_errors, write_results
+from strhub.metrics import TextNormalizer, format_table
+from strhub.models.loading import load
+
+log = logging.getLogger('test')
+
+
+def parse_args(argv=None) -> tuple[argparse.Namespace, dict]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('checkpoint', help='checkpoint path/URL, or pretrained=<name>')
+    parser.add_argument('--data_root', default='data', help='data root holding test/ or evaluation/')
+    parser.add_argument('--test_dirs', nargs='+', help='evaluate every LMDB under these directories instead')
+    parser.add_argument('--benchmark_all_eval', action='store_true', help='every standard benchmark set present')
+    parser.add_argument('--new', action='store_true', help='also the newer sets (ArT, COCOv1.4, Uber)')
+    parser.add_argument('--cased', action='store_true', help='case-sensitive comparison')
+    parser.add_argument('--punctuation', action='store_true', help='keep punctuation in the comparison')
+    parser.add_argument('--rotation', type=float, default=0.0, help='rotate test images by DEG degrees')
+    parser.add_argument('--batch_size', type=int, default=512)
+    parser.add_argument('--num_workers', type=int, default=2)
+    parser.add_argument('--device', default='auto')
+    parser.add_argument('--results', help='write the figures to this JSON file')
+    parser.add_argument('--errors', help='write every wrong prediction to this TSV file')
+    args, rest = parser.parse_known_args(argv)
+    bad = [a for a in rest if a.startswith('-')]
+    if bad:
+        parser.error(f'unrecognised arguments: {" ".join(bad)}')
+    return args, parse_runtime_args(rest)
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
+    args, runtime = parse_args(argv)
+    device = resolve_device(args.device)
+    system = load(checkpoint_spec(args.checkpoint), device=device, **runtime)
+    hp = system.hparams
+    cfg = compose_config()
+    normalizer = TextNormalizer.from_options(cased=args.cased, punctuation=args.punctuation)
+    datamodule = SceneTextDataModule(
+        root_dir=args.data_root, benchmarks=cfg.benchmarks, test_roots=list(cfg.data.test_roots),
+        charset_train=system.charset_train, charset_test=normalizer.charset, max_label_length=system.max_label_length,
+        preprocess={'img_size': list(hp.img_size), **(hp.preprocess or {})}, batch_size=args.batch_size,
+        num_workers=args.num_workers)
+    if args.test_dirs:
+        sets, missing = discover_test_sets(args.test_dirs), []
+    else:
+        names = list(cfg.benchmark_groups.all if args.benchmark_all_eval else cfg.benchmark_groups.default)
+        names += list(cfg.benchmark_groups.new) if args.new else []
+        sets, missing = datamodule.find_benchmarks(names)
+    if missing:
+        log.warning('benchmark sets not found under %s/{%s}: %s', args.data_root, ','.join(cfg.data.test_roots),
+                    ', '.join(missing))
+    if not sets:
+        log.error('no test set to evaluate: put the benchmark LMDBs under %s/test/ (or evaluation/), see data/README.md,'
+                  ' or pass --test_dirs', args.data_root)
+        return 1
+    loaders = datamodule.test_dataloaders(sets, rotation=args.rotation)
+    results, errors = evaluate(system, loaders, normalizer, collect_errors=bool(args.errors))
+    print(format_table(results))
+    if args.results:
+        write_results(results, args.results, checkpoint=args.checkpoint, options=runtime, cased=args.cased,
+                      punctuation=args.punctuation, rotation=args.rotation, missing=missing)
+    if args.errors:
+        write_errors(errors, args.errors)
+        log.info('%d wrong predictions written to %s', len(errors), args.errors)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

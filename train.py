@@ -1,0 +1,31 @@
+#!/usr/bin/env python3
+"""Train a scene text recognition model.
+
+    ./train.py +experiment=parseq-tiny dataset=real trainer.max_epochs=10
+    ./train.py model=parseq charset=36_lowercase model.batch_size=128
+    ./train.py ckpt_path=outputs/parseq/<run>/checkpoints/last.ckpt     # resume
+    ./train.py pretrained=parseq dataset=real                             # fine-tune
+
+Hydra options: ./train.py --help (groups and their choices), ./train.py --cfg job (the composed config).
+"""
+
+import logging
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from strhub.config import CONFIG_DIR
+from strhub.training import train
+
+
+@hydra.main(config_path=str(CONFIG_DIR), config_name='main', version_base='1.3')
+def main(cfg: DictConfig) -> None:
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    train(cfg, run_dir)
+    logging.getLogger(__name__).info('run directory: %s', run_dir)
+
+
+if __name__ == '__main__':
+    main()
