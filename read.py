@@ -9,7 +9,7 @@ import argparse
 import logging
 import sys
 
-from strhub.cli_args import checkpoint_spec, parse_runtime_args, resolve_device
+from strhub.cli_args import checkpoint_spec, parse_runtime_args, resolve_device, split_runtime_args
 from strhub.models.loading import load
 from strhub.reading import read_images
 
@@ -21,11 +21,10 @@ def main(argv=None) -> int:
     parser.add_argument('--images', nargs='+', required=True, help='image files')
     parser.add_argument('--batch_size', type=int, default=64)
     parser.add_argument('--device', default='auto')
-    args, rest = parser.parse_known_args(argv)
-    bad = [a for a in rest if a.startswith('-')]
-    if bad:
-        parser.error(f'unrecognised arguments: {" ".join(bad)}')
-    system = load(checkpoint_spec(args.checkpoint), device=resolve_device(args.device), **parse_runtime_args(rest))
+    argv, runtime = split_runtime_args(sys.argv[1:] if argv is None else list(argv))
+    args = parser.parse_args(argv)
+    options = parse_runtime_args(runtime)
+    system = load(checkpoint_spec(args.checkpoint), device=resolve_device(args.device), **options)
     for path, text, confidence in read_images(system, args.images, args.batch_size):
         print(f'{path}: {text} ({confidence:.4f})')
     return 0

@@ -10,7 +10,7 @@ import argparse
 import logging
 import sys
 
-from strhub.cli_args import checkpoint_spec, parse_runtime_args, resolve_device
+from strhub.cli_args import checkpoint_spec, parse_runtime_args, resolve_device, split_runtime_args
 from strhub.config import compose_config
 from strhub.data.module import SceneTextDataModule
 from strhub.evaluation import discover_test_sets, evaluate, write_errors, write_results
@@ -35,11 +35,8 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, dict]:
     parser.add_argument('--device', default='auto')
     parser.add_argument('--results', help='write the figures to this JSON file')
     parser.add_argument('--errors', help='write every wrong prediction to this TSV file')
-    args, rest = parser.parse_known_args(argv)
-    bad = [a for a in rest if a.startswith('-')]
-    if bad:
-        parser.error(f'unrecognised arguments: {" ".join(bad)}')
-    return args, parse_runtime_args(rest)
+    argv, runtime = split_runtime_args(sys.argv[1:] if argv is None else list(argv))
+    return parser.parse_args(argv), parse_runtime_args(runtime)
 
 
 def main(argv=None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -16,6 +17,15 @@ def _parse_bool(value: str) -> bool:
     if lowered in ('0', 'false', 'no', 'off'):
         return False
     raise ValueError(f'not a boolean: {value!r} (use true/false)')
+
+
+_RUNTIME_ARG = re.compile(r'^(?!pretrained=)[A-Za-z_]\w*(:\w+)?=')
+
+
+def split_runtime_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Separates ``name:type=value`` model options from the other arguments, wherever they appear."""
+    runtime = [a for a in argv if _RUNTIME_ARG.match(a)]
+    return [a for a in argv if not _RUNTIME_ARG.match(a)], runtime
 
 
 def parse_runtime_args(args: list[str]) -> dict[str, Any]:

@@ -45,8 +45,10 @@ def resolve_resume_path(ckpt_path: str | None) -> str | None:
 def build_trainer(cfg: DictConfig, run_dir: Path, **extra: Any) -> pl.Trainer:
     trainer_cfg: dict[str, Any] = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg['precision'] = resolve_precision(trainer_cfg.get('precision'), trainer_cfg.get('accelerator', 'auto'))
+    # No '=' in file names: Hydra's override grammar would need quoting for ckpt_path=<file>.
     checkpoint = ModelCheckpoint(dirpath=run_dir / 'checkpoints', monitor='val_accuracy', mode='max', save_top_k=1,
-                                 save_last=True, filename='{epoch}-{step}-{val_accuracy:.4f}-{val_NED:.4f}')
+                                 save_last=True, auto_insert_metric_name=False,
+                                 filename='epoch{epoch}-step{step}-acc{val_accuracy:.4f}-ned{val_NED:.4f}')
     callbacks = [checkpoint, LearningRateMonitor(logging_interval='step')]
     logger = TensorBoardLogger(str(run_dir), name='', version='', default_hp_metric=False)
     return pl.Trainer(**trainer_cfg, callbacks=callbacks, logger=logger, default_root_dir=str(run_dir), **extra)
@@ -68,4 +70,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> tuple[BaseSystem, pl.Trainer]
     datamodule = SceneTextDataModule(**OmegaConf.to_container(cfg.data, resolve=True))
     trainer = build_trainer(cfg, run_dir)
     trainer.fit(system, datamodule=datamodule, ckpt_path=resume)
+    # last.ckpt is otherwise written only after a validation; make it hold the final step too.
+    if not trainer.interrupted:
+        trainer.save_checkpoint(run_dir / 'checkpoints' / 'last.ckpt')
     return system, trainer

@@ -47,6 +47,31 @@ def open_lmdb_readonly(path: str | os.PathLike) -> lmdb.Environment:
     return lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False, max_readers=1)
 
 
+# py-lmdb refuses to open one path twice in a process, so every dataset object reading a path (train and val on the
+# same LMDB, a resumed run in the same process) shares one environment per process.
+_SHARED_ENVS: dict[str, tuple[tuple[int, int, int], lmdb.Environment]] = {}
+
+
+def shared_readonly_env(path: str | os.PathLike) -> lmdb.Environment:
+    """This process's read-only environment for ``path``, opened on first use.
+
+    An environment inherited through ``fork()`` must not be used in the child: its handle is closed (which only
+    unmaps the child's copy) and a new one opened.
+    """
+    key = str(Path(path).resolve())
+    stat = os.stat(os.path.join(key, 'data.mdb'))
+    # A dataset rewritten in place (new inode) must not be read through the old mapping.
+    identity = (os.getpid(), stat.st_ino, stat.st_dev)
+    entry = _SHARED_ENVS.get(key)
+    if entry is not None and entry[0] == identity:
+        return entry[1]
+    if entry is not None:
+        entry[1].close()
+    env = open_lmdb_readonly(key)
+    _SHARED_ENVS[key] = (identity, env)
+    return env
+
+
 class LmdbDataset(Dataset):
     """One STR LMDB: yields ``(image, label)`` or, with ``return_boxes``, ``(image, label, boxes)``.
 
@@ -79,8 +104,6 @@ class LmdbDataset(Dataset):
         self.transform = transform
         self.min_image_size = min_image_size
         self.return_boxes = return_boxes
-        self._env: lmdb.Environment | None = None
-        self._env_pid: int | None = None
         self._runtime_bad: Counter[str] = Counter()
         self._bad_indices: set[int] = set()
         self.indices, self.labels, self.skipped, self.num_stored = self._load_index(cache_dir)
@@ -129,44 +152,41 @@ class LmdbDataset(Dataset):
         def reject(reason: str, key: bytes) -> None:
             reasons.setdefault(reason, []).append(key.decode())
 
-        env = open_lmdb_readonly(self.root)
-        try:
-            with env.begin(buffers=True) as txn:
-                raw_count = txn.get(NUM_SAMPLES_KEY)
-                if raw_count is None:
-                    raise ValueError(f'{self.root} has no num-samples key: not an STR LMDB dataset')
-                num_stored = int(bytes(raw_count))
-                for index in range(1, num_stored + 1):
-                    raw_label = txn.get(label_key(index))
-                    if raw_label is None:
-                        reject('missing label', label_key(index))
+        env = shared_readonly_env(self.root)
+        with env.begin(buffers=True) as txn:
+            raw_count = txn.get(NUM_SAMPLES_KEY)
+            if raw_count is None:
+                raise ValueError(f'{self.root} has no num-samples key: not an STR LMDB dataset')
+            num_stored = int(bytes(raw_count))
+            for index in range(1, num_stored + 1):
+                raw_label = txn.get(label_key(index))
+                if raw_label is None:
+                    reject('missing label', label_key(index))
+                    continue
+                try:
+                    label = bytes(raw_label).decode('utf-8')
+                except UnicodeDecodeError:
+                    reject('label not UTF-8', label_key(index))
+                    continue
+                if self.label_filter is not None:
+                    label, reason = self.label_filter(label)
+                    if label is None:
+                        reject(reason, label_key(index))
                         continue
-                    try:
-                        label = bytes(raw_label).decode('utf-8')
-                    except UnicodeDecodeError:
-                        reject('label not UTF-8', label_key(index))
+                image = txn.get(image_key(index))
+                if image is None:
+                    reject('missing image', image_key(index))
+                    continue
+                if self.min_image_size > 0:
+                    size = _image_size(image)
+                    if size is None:
+                        reject('corrupt image', image_key(index))
                         continue
-                    if self.label_filter is not None:
-                        label, reason = self.label_filter(label)
-                        if label is None:
-                            reject(reason, label_key(index))
-                            continue
-                    image = txn.get(image_key(index))
-                    if image is None:
-                        reject('missing image', image_key(index))
+                    if min(size) < self.min_image_size:
+                        reject('image too small', image_key(index))
                         continue
-                    if self.min_image_size > 0:
-                        size = _image_size(image)
-                        if size is None:
-                            reject('corrupt image', image_key(index))
-                            continue
-                        if min(size) < self.min_image_size:
-                            reject('image too small', image_key(index))
-                            continue
-                    indices.append(index)
-                    labels.append(label)
-        finally:
-            env.close()
+                indices.append(index)
+                labels.append(label)
         skipped = {reason: {'count': len(keys), 'keys': keys[:MAX_LOGGED_KEYS]} for reason, keys in reasons.items()}
         return indices, labels, skipped, num_stored
 
@@ -180,20 +200,7 @@ class LmdbDataset(Dataset):
 
     @property
     def env(self) -> lmdb.Environment:
-        # An environment inherited through fork() must not be used in the child: close the inherited handle (that
-        # only unmaps the child's copy; py-lmdb refuses a second open of a path it still holds) and open a new one.
-        if self._env is None or self._env_pid != os.getpid():
-            if self._env is not None:
-                self._env.close()
-            self._env = open_lmdb_readonly(self.root)
-            self._env_pid = os.getpid()
-        return self._env
-
-    def __getstate__(self) -> dict:
-        state = self.__dict__.copy()
-        state['_env'] = None
-        state['_env_pid'] = None
-        return state
+        return shared_readonly_env(self.root)
 
     def __len__(self) -> int:
         return len(self.indices)
