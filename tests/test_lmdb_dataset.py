@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 import lmdb
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -187,3 +188,17 @@ def test_preprocess_modes():
     assert narrow[:, :, :32].min() == 1 and narrow[:, :, 32:].max() == 0
     with pytest.raises(ValueError, match='valid'):
         Preprocess((32, 128), normalization='bogus')
+
+
+@pytest.mark.parametrize('normalization', ['minus_one_one', 'zero_one', 'imagenet'])
+def test_preprocess_lookup_table_equals_arithmetic(normalization):
+    from strhub.data.preprocess import NORMALIZATIONS
+
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (20, 50, 3), dtype=np.uint8))
+    pre = Preprocess((32, 128), normalization=normalization)
+    resized = torch.from_numpy(np.array(pre.resize_image(img))).permute(2, 0, 1).float() / 255
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in NORMALIZATIONS[normalization])
+    out = pre(img)
+    assert out.is_contiguous() and out.dtype == torch.float32
+    torch.testing.assert_close(out, (resized - mean) / std, atol=1e-6, rtol=0)

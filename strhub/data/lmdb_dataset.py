@@ -104,6 +104,8 @@ class LmdbDataset(Dataset):
         self.transform = transform
         self.min_image_size = min_image_size
         self.return_boxes = return_boxes
+        self._env: lmdb.Environment | None = None
+        self._env_pid: int | None = None
         self._runtime_bad: Counter[str] = Counter()
         self._bad_indices: set[int] = set()
         self.indices, self.labels, self.skipped, self.num_stored = self._load_index(cache_dir)
@@ -200,7 +202,16 @@ class LmdbDataset(Dataset):
 
     @property
     def env(self) -> lmdb.Environment:
-        return shared_readonly_env(self.root)
+        # Looked up once per process: the shared lookup stats the file, too slow to repeat for every sample.
+        if self._env is None or self._env_pid != os.getpid():
+            self._env = shared_readonly_env(self.root)
+            self._env_pid = os.getpid()
+        return self._env
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state['_env'] = state['_env_pid'] = None
+        return state
 
     def __len__(self) -> int:
         return len(self.indices)

@@ -45,6 +45,7 @@ class Preprocess:
     interpolation: str = 'bicubic'
     _scale: Tensor = field(init=False, repr=False)
     _shift: Tensor = field(init=False, repr=False)
+    _lut: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.img_size = tuple(int(s) for s in self.img_size)
@@ -61,10 +62,14 @@ class Preprocess:
         else:
             mean, std = tuple(self.normalization['mean']), tuple(self.normalization['std'])
         mean, std = mean[: self.channels], std[: self.channels]
-        # uint8 -> normalised float in one fused multiply-add: x * scale + shift.
         std_t, mean_t = torch.tensor(std).view(-1, 1, 1), torch.tensor(mean).view(-1, 1, 1)
         self._scale = 1.0 / (255.0 * std_t)
         self._shift = -mean_t / std_t
+        # uint8 -> normalised float32 by table look-up: one pass, no intermediate tensors (the cheapest per-sample
+        # path on a CPU data worker). Row c holds channel c's 256 values.
+        self._lut = (np.arange(256, dtype=np.float64)[None, :] * self._scale.view(-1, 1).double().numpy()
+                     + self._shift.view(-1, 1).double().numpy()).astype(np.float32)
+        self._uniform = bool(np.all(self._lut == self._lut[:1]))
         self._resample = getattr(Image.Resampling, self.interpolation.upper())
 
     def resize_image(self, img: Image.Image) -> Image.Image:
@@ -83,9 +88,11 @@ class Preprocess:
 
     def to_tensor(self, img: Image.Image) -> Tensor:
         """(H, W[, C]) uint8 PIL image -> (C, H, W) normalised float tensor."""
-        arr = torch.from_numpy(np.array(img))  # a writable copy
-        arr = arr.unsqueeze(0) if arr.ndim == 2 else arr.permute(2, 0, 1)
-        return arr.float().mul_(self._scale).add_(self._shift)
+        arr = np.asarray(img)
+        chw = arr[None] if arr.ndim == 2 else np.ascontiguousarray(arr.transpose(2, 0, 1))
+        if self._uniform:
+            return torch.from_numpy(self._lut[0][chw])
+        return torch.from_numpy(self._lut[np.arange(chw.shape[0])[:, None, None], chw])
 
     def __call__(self, img: Image.Image) -> Tensor:
         return self.to_tensor(self.resize_image(img))
