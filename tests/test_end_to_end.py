@@ -128,3 +128,11 @@ def test_bad_inputs_fail_clearly(tmp_path, word_data):
         build_system(OmegaConf.to_container(compose_and_build.model, resolve=True))
     with pytest.raises(ValueError, match='bad model option'):
         run_script('read', ['x.ckpt', '--images', 'a.png', 'refine_iters=2'])
+
+
+def test_stochastic_weight_averaging_option(word_data, tmp_path):
+    overrides = TINY_PARSEQ + ['dataset=generated', f'data.root_dir={word_data}', 'trainer.max_epochs=2',
+                               'trainer.val_check_interval=4', 'model.swa={swa_lrs: 1e-3, swa_epoch_start: 1}']
+    system, trainer = train(compose_config(overrides), tmp_path / 'swa')
+    swa = next(c for c in trainer.callbacks if type(c).__name__ == 'StochasticWeightAveraging')
+    assert trainer.current_epoch == 2 and int(swa.n_averaged) >= 1  # weights were averaged from epoch 1 on
