@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Benchmark a model's speed and compute cost (random weights; no data needed).
 
-    ./bench.py model=parseq
-    ./bench.py +experiment=parseq-tiny device=cpu threads=1 'batch_sizes=[1,64]'
-    ./bench.py model=parseq +range=true +json=bench.json
+./bench.py model=parseq
+./bench.py +experiment=parseq-tiny device=cpu threads=1 'batch_sizes=[1,64]'
+./bench.py model=parseq +range=true +json=bench.json
 """
 
 import json
@@ -32,18 +32,44 @@ def main(cfg: DictConfig) -> None:
     report = {'model': cfg.model.name, 'device': str(device), 'threads': torch.get_num_threads()}
     print(f'## {cfg.model.name} on {device} ({torch.get_num_threads()} threads)\n')
     report['latency'] = latency_sweep(model, img_size, cfg.batch_sizes, device, cfg.min_run_time)
-    print(markdown_table(report['latency'], [('Batch', 'batch_size', 'd'), ('Median (ms)', 'median_ms', '.2f'),
-                                             ('IQR (ms)', 'iqr_ms', '.2f'), ('Images/s', 'images_per_s', '.1f')]))
+    print(
+        markdown_table(
+            report['latency'],
+            [
+                ('Batch', 'batch_size', 'd'),
+                ('Median (ms)', 'median_ms', '.2f'),
+                ('IQR (ms)', 'iqr_ms', '.2f'),
+                ('Images/s', 'images_per_s', '.1f'),
+            ],
+        )
+    )
     if cfg.get('range', False):
         report['range'] = latency_vs_length(model, img_size, cfg.model.max_label_length, device, cfg.min_run_time / 2)
-        print('\n' + markdown_table(report['range'], [('Label length', 'label_length', 'd'),
-                                                      ('Median (ms)', 'median_ms', '.2f'),
-                                                      ('IQR (ms)', 'iqr_ms', '.2f')]))
+        print(
+            '\n'
+            + markdown_table(
+                report['range'],
+                [
+                    ('Label length', 'label_length', 'd'),
+                    ('Median (ms)', 'median_ms', '.2f'),
+                    ('IQR (ms)', 'iqr_ms', '.2f'),
+                ],
+            )
+        )
     if cfg.compute:
         report['compute'] = compute_table(model, img_size, device)
-        print('\n' + markdown_table(report['compute'], [('Module', 'module', 's'), ('Params (M)', 'params_M', '.3f'),
-                                                        ('GFLOPs', 'gflops', '.3f'),
-                                                        ('Activations (M)', 'mactivations', '.3f')]))
+        print(
+            '\n'
+            + markdown_table(
+                report['compute'],
+                [
+                    ('Module', 'module', 's'),
+                    ('Params (M)', 'params_M', '.3f'),
+                    ('GFLOPs', 'gflops', '.3f'),
+                    ('Activations (M)', 'mactivations', '.3f'),
+                ],
+            )
+        )
     if cfg.get('json'):
         with open(cfg.json, 'w', encoding='utf-8') as f:
             json.dump(report, f, indent=2)

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Read the text in word images.
 
-    ./read.py pretrained=parseq --images demo/*.png
-    ./read.py outputs/parseq/<run>/checkpoints/last.ckpt --images a.jpg b.png refine_iters:int=2
+./read.py pretrained=parseq --images demo/*.png
+./read.py outputs/parseq/<run>/checkpoints/last.ckpt --images a.jpg b.png refine_iters:int=2
 """
 
 import argparse

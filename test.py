@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """Evaluate a trained model on the benchmark test sets and print the results table.
 
-    ./test.py outputs/parseq/<run>/checkpoints/last.ckpt --benchmark_all_eval
-    ./test.py pretrained=parseq refine_iters:int=2 decode_ar:bool=false
-    ./test.py model.ckpt --test_dirs data/test/generated --errors errors.tsv
+./test.py outputs/parseq/<run>/checkpoints/last.ckpt --benchmark_all_eval
+./test.py pretrained=parseq refine_iters:int=2 decode_ar:bool=false
+./test.py model.ckpt --test_dirs data/test/generated --errors errors.tsv
 """
 
 import argparse
@@ -48,10 +48,16 @@ def main(argv=None) -> int:
     cfg = compose_config()
     normalizer = TextNormalizer.from_options(cased=args.cased, punctuation=args.punctuation)
     datamodule = SceneTextDataModule(
-        root_dir=args.data_root, benchmarks=cfg.benchmarks, test_roots=list(cfg.data.test_roots),
-        charset_train=system.charset_train, charset_test=normalizer.charset, max_label_length=system.max_label_length,
-        preprocess={'img_size': list(hp.img_size), **(hp.preprocess or {})}, batch_size=args.batch_size,
-        num_workers=args.num_workers)
+        root_dir=args.data_root,
+        benchmarks=cfg.benchmarks,
+        test_roots=list(cfg.data.test_roots),
+        charset_train=system.charset_train,
+        charset_test=normalizer.charset,
+        max_label_length=system.max_label_length,
+        preprocess={'img_size': list(hp.img_size), **(hp.preprocess or {})},
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+    )
     if args.test_dirs:
         sets, missing = discover_test_sets(args.test_dirs), []
     else:
@@ -59,18 +65,33 @@ def main(argv=None) -> int:
         names += list(cfg.benchmark_groups.new) if args.new else []
         sets, missing = datamodule.find_benchmarks(names)
     if missing:
-        log.warning('benchmark sets not found under %s/{%s}: %s', args.data_root, ','.join(cfg.data.test_roots),
-                    ', '.join(missing))
+        log.warning(
+            'benchmark sets not found under %s/{%s}: %s',
+            args.data_root,
+            ','.join(cfg.data.test_roots),
+            ', '.join(missing),
+        )
     if not sets:
-        log.error('no test set to evaluate: put the benchmark LMDBs under %s/test/ (or evaluation/), see data/README.md,'
-                  ' or pass --test_dirs', args.data_root)
+        log.error(
+            'no test set to evaluate: put the benchmark LMDBs under %s/test/ (or evaluation/), see '
+            'data/README.md, or pass --test_dirs',
+            args.data_root,
+        )
         return 1
     loaders = datamodule.test_dataloaders(sets, rotation=args.rotation)
     results, errors = evaluate(system, loaders, normalizer, collect_errors=bool(args.errors))
     print(format_table(results))
     if args.results:
-        write_results(results, args.results, checkpoint=args.checkpoint, options=runtime, cased=args.cased,
-                      punctuation=args.punctuation, rotation=args.rotation, missing=missing)
+        write_results(
+            results,
+            args.results,
+            checkpoint=args.checkpoint,
+            options=runtime,
+            cased=args.cased,
+            punctuation=args.punctuation,
+            rotation=args.rotation,
+            missing=missing,
+        )
     if args.errors:
         write_errors(errors, args.errors)
         log.info('%d wrong predictions written to %s', len(errors), args.errors)

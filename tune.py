@@ -8,4 +8,6 @@ Not implemented yet: the sweep machinery is tracked as its own issue (Ray Tune +
 import sys
 
 if __name__ == '__main__':
-    sys.exit('tune.py: learning-rate sweeps are not implemented yet (see the Ray Tune issue); use ./train.py model.lr=...')
+    sys.exit(
+        'tune.py: learning-rate sweeps are not implemented yet (see the Ray Tune issue); use ./train.py model.lr=...'
+    )

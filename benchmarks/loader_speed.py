@@ -31,8 +31,9 @@ class ReferenceStyleDataset:
         self.env = shared_readonly_env(root)  # py-lmdb allows one open per path and process
         with self.env.begin() as txn:
             self.n = int(txn.get(b'num-samples'))
-        self.transform = T.Compose([T.Resize(img_size, T.InterpolationMode.BICUBIC), T.ToTensor(),
-                                    T.Normalize(0.5, 0.5)])
+        self.transform = T.Compose(
+            [T.Resize(img_size, T.InterpolationMode.BICUBIC), T.ToTensor(), T.Normalize(0.5, 0.5)]
+        )
 
     def __len__(self) -> int:
         return self.n
@@ -64,8 +65,12 @@ def main() -> None:
     preprocess = Preprocess((32, 128))
     label_filter = LabelFilter(STANDARD_CHARSETS['94_full'])
     ours = LmdbDataset(args.lmdb, label_filter, transform=ImageTransform(preprocess), cache_dir=None)
-    augmented = LmdbDataset(args.lmdb, label_filter, cache_dir=None,
-                            transform=ImageTransform(preprocess, build_augmentation({'enabled': True})))
+    augmented = LmdbDataset(
+        args.lmdb,
+        label_filter,
+        cache_dir=None,
+        transform=ImageTransform(preprocess, build_augmentation({'enabled': True})),
+    )
     reference = ReferenceStyleDataset(args.lmdb)
     results: dict[str, list[float]] = {'reference-style': [], 'strhub': [], 'strhub + augmentation': []}
     for _ in range(args.rounds):
@@ -74,8 +79,10 @@ def main() -> None:
         results['strhub + augmentation'].append(rate(augmented, 1))
     best = {k: max(v) for k, v in results.items()}
     for name, value in best.items():
-        print(f'{name:>24}: {value:8.0f} samples/s (1 process, 1 thread; rounds: '
-              f'{", ".join(f"{v:.0f}" for v in results[name])})')
+        print(
+            f'{name:>24}: {value:8.0f} samples/s (1 process, 1 thread; rounds: '
+            f'{", ".join(f"{v:.0f}" for v in results[name])})'
+        )
     print(f'{"strhub / reference":>24}: {best["strhub"] / best["reference-style"]:.2f}x')
 
 

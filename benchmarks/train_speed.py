@@ -1,6 +1,6 @@
 """Training samples/s of any model configuration on random images (forward + backward + AdamW step).
 
-    python benchmarks/train_speed.py +experiment=parseq-tiny --batch-size 32 --steps 5
+python benchmarks/train_speed.py +experiment=parseq-tiny --batch-size 32 --steps 5
 """
 
 from __future__ import annotations
@@ -45,8 +45,10 @@ def main() -> None:
             times.append(time.perf_counter() - start)
     median = sorted(times)[len(times) // 2]
     params = sum(p.numel() for p in system.model.parameters()) / 1e6
-    print(f'{cfg.model.name} ({params:.1f}M params), batch {args.batch_size}, {torch.get_num_threads()} threads: '
-          f'{median * 1e3:.0f} ms/step median, {args.batch_size / median:.1f} training samples/s')
+    print(
+        f'{cfg.model.name} ({params:.1f}M params), batch {args.batch_size}, {torch.get_num_threads()} threads: '
+        f'{median * 1e3:.0f} ms/step median, {args.batch_size / median:.1f} training samples/s'
+    )
 
 
 if __name__ == '__main__':

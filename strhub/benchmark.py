@@ -19,21 +19,35 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.inference_mode()
-def measure_latency(model: nn.Module, images: torch.Tensor, min_run_time: float = 1.0,
-                    max_length: int | None = None) -> dict[str, float]:
+def measure_latency(
+    model: nn.Module, images: torch.Tensor, min_run_time: float = 1.0, max_length: int | None = None
+) -> dict[str, float]:
     """Median and inter-quartile range (ms) of ``model(images, max_length)`` via ``torch.utils.benchmark``."""
     model(images, max_length)  # warm-up (allocations, lazy init, cuDNN autotuning)
     _sync(images.device)
-    timer = tbench.Timer(stmt='model(images, max_length)', globals={'model': model, 'images': images,
-                                                                     'max_length': max_length},
-                         num_threads=torch.get_num_threads())
+    timer = tbench.Timer(
+        stmt='model(images, max_length)',
+        globals={'model': model, 'images': images, 'max_length': max_length},
+        num_threads=torch.get_num_threads(),
+    )
     m = timer.blocked_autorange(min_run_time=min_run_time)
-    return {'batch_size': images.shape[0], 'median_ms': m.median * 1e3, 'iqr_ms': m.iqr * 1e3,
-            'images_per_s': images.shape[0] / m.median, 'runs': len(m.times)}
+    return {
+        'batch_size': images.shape[0],
+        'median_ms': m.median * 1e3,
+        'iqr_ms': m.iqr * 1e3,
+        'images_per_s': images.shape[0] / m.median,
+        'runs': len(m.times),
+    }
 
 
-def latency_sweep(model: nn.Module, img_size: Sequence[int], batch_sizes: Sequence[int], device: torch.device,
-                  min_run_time: float = 1.0, channels: int = 3) -> list[dict[str, float]]:
+def latency_sweep(
+    model: nn.Module,
+    img_size: Sequence[int],
+    batch_sizes: Sequence[int],
+    device: torch.device,
+    min_run_time: float = 1.0,
+    channels: int = 3,
+) -> list[dict[str, float]]:
     """Latency / throughput at each batch size on random images."""
     gen = torch.Generator().manual_seed(0)
     rows = []
@@ -43,8 +57,14 @@ def latency_sweep(model: nn.Module, img_size: Sequence[int], batch_sizes: Sequen
     return rows
 
 
-def latency_vs_length(model: nn.Module, img_size: Sequence[int], max_label_length: int, device: torch.device,
-                      min_run_time: float = 0.5, channels: int = 3) -> list[dict[str, float]]:
+def latency_vs_length(
+    model: nn.Module,
+    img_size: Sequence[int],
+    max_label_length: int,
+    device: torch.device,
+    min_run_time: float = 0.5,
+    channels: int = 3,
+) -> list[dict[str, float]]:
     """Batch-1 latency as a function of the decoded label length (``max_length`` = 1 .. max_label_length)."""
     images = (torch.rand(1, channels, *img_size, generator=torch.Generator().manual_seed(0)) * 2 - 1).to(device)
     rows = []
@@ -54,8 +74,9 @@ def latency_vs_length(model: nn.Module, img_size: Sequence[int], max_label_lengt
     return rows
 
 
-def compute_table(model: nn.Module, img_size: Sequence[int], device: torch.device, channels: int = 3
-                  ) -> list[dict[str, Any]]:
+def compute_table(
+    model: nn.Module, img_size: Sequence[int], device: torch.device, channels: int = 3
+) -> list[dict[str, Any]]:
     """Params, FLOPs and activations per top-level module (fvcore; one image).
 
     FLOPs count one fused multiply-add as one FLOP (fvcore's convention); the autoregressive decoders are traced
@@ -72,12 +93,14 @@ def compute_table(model: nn.Module, img_size: Sequence[int], device: torch.devic
         acts_by_module.setdefault('', acts.total())
     rows = []
     for name, child in [('', model), *model.named_children()]:
-        rows.append({
-            'module': name or 'total',
-            'params_M': sum(p.numel() for p in child.parameters()) / 1e6,
-            'gflops': flops_by_module.get(name, 0) / 1e9,
-            'mactivations': acts_by_module.get(name, 0) / 1e6,
-        })
+        rows.append(
+            {
+                'module': name or 'total',
+                'params_M': sum(p.numel() for p in child.parameters()) / 1e6,
+                'gflops': flops_by_module.get(name, 0) / 1e9,
+                'mactivations': acts_by_module.get(name, 0) / 1e6,
+            }
+        )
     return rows
 
 

@@ -37,8 +37,10 @@ def parse_runtime_args(args: list[str]) -> dict[str, Any]:
             name, type_name = name_type.split(':', 1)
             options[name] = _TYPES[type_name](value)
         except (ValueError, KeyError) as e:
-            raise ValueError(f'bad model option {arg!r}: expected name:type=value with type one of {sorted(_TYPES)} '
-                             f'(e.g. refine_iters:int=2 decode_ar:bool=false); {e}') from None
+            raise ValueError(
+                f'bad model option {arg!r}: expected name:type=value with type one of {sorted(_TYPES)} '
+                f'(e.g. refine_iters:int=2 decode_ar:bool=false); {e}'
+            ) from None
     return options
 
 

@@ -53,9 +53,13 @@ def discover_test_sets(dirs: list[str | Path]) -> dict[str, Path]:
 
 
 @torch.inference_mode()
-def evaluate(system: BaseSystem, loaders: Mapping[str, DataLoader], normalizer: TextNormalizer,
-             collect_errors: bool = False, progress: bool = True) -> tuple[dict[str, RecognitionResult],
-                                                                          list[Prediction]]:
+def evaluate(
+    system: BaseSystem,
+    loaders: Mapping[str, DataLoader],
+    normalizer: TextNormalizer,
+    collect_errors: bool = False,
+    progress: bool = True,
+) -> tuple[dict[str, RecognitionResult], list[Prediction]]:
     """Runs ``system`` on each loader; returns per-dataset metrics (plus ``Combined``) and the wrong predictions."""
     metrics = RecognitionMetrics(list(loaders), normalizer).to(system.device)
     errors: list[Prediction] = []

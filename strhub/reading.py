@@ -19,12 +19,13 @@ def preprocess_for(system: BaseSystem) -> Preprocess:
 
 
 @torch.inference_mode()
-def read_images(system: BaseSystem, paths: Sequence[str | Path], batch_size: int = 64
-                ) -> Iterator[tuple[str, str, float]]:
+def read_images(
+    system: BaseSystem, paths: Sequence[str | Path], batch_size: int = 64
+) -> Iterator[tuple[str, str, float]]:
     """Yields ``(path, text, confidence)`` for each image, in batches."""
     preprocess = preprocess_for(system)
     for start in range(0, len(paths), batch_size):
-        chunk = [str(p) for p in paths[start:start + batch_size]]
+        chunk = [str(p) for p in paths[start : start + batch_size]]
         images = []
         for path in chunk:
             try:

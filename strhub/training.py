@@ -37,8 +37,10 @@ def resolve_resume_path(ckpt_path: str | None) -> str | None:
     if path.is_dir():
         path = path / 'checkpoints' / 'last.ckpt'
     if not path.is_file():
-        raise FileNotFoundError(f'cannot resume: checkpoint {path} does not exist. Pass ckpt_path=<run dir or .ckpt '
-                                'file>, e.g. outputs/parseq/<timestamp>/checkpoints/last.ckpt')
+        raise FileNotFoundError(
+            f'cannot resume: checkpoint {path} does not exist. Pass ckpt_path=<run dir or .ckpt '
+            'file>, e.g. outputs/parseq/<timestamp>/checkpoints/last.ckpt'
+        )
     return str(path)
 
 
@@ -46,9 +48,15 @@ def build_trainer(cfg: DictConfig, run_dir: Path, **extra: Any) -> pl.Trainer:
     trainer_cfg: dict[str, Any] = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg['precision'] = resolve_precision(trainer_cfg.get('precision'), trainer_cfg.get('accelerator', 'auto'))
     # No '=' in file names: Hydra's override grammar would need quoting for ckpt_path=<file>.
-    checkpoint = ModelCheckpoint(dirpath=run_dir / 'checkpoints', monitor='val_accuracy', mode='max', save_top_k=1,
-                                 save_last=True, auto_insert_metric_name=False,
-                                 filename='epoch{epoch}-step{step}-acc{val_accuracy:.4f}-ned{val_NED:.4f}')
+    checkpoint = ModelCheckpoint(
+        dirpath=run_dir / 'checkpoints',
+        monitor='val_accuracy',
+        mode='max',
+        save_top_k=1,
+        save_last=True,
+        auto_insert_metric_name=False,
+        filename='epoch{epoch}-step{step}-acc{val_accuracy:.4f}-ned{val_NED:.4f}',
+    )
     callbacks = [checkpoint, LearningRateMonitor(logging_interval='step')]
     logger = TensorBoardLogger(str(run_dir), name='', version='', default_hp_metric=False)
     return pl.Trainer(**trainer_cfg, callbacks=callbacks, logger=logger, default_root_dir=str(run_dir), **extra)

@@ -22,13 +22,16 @@ def shared_dir() -> Path:
     """The project's shared reference data (../shared); tests that need it skip when it is absent."""
     found = _find_shared()
     if found is None:
-        pytest.skip('../shared (real crops and reference outputs) is not present next to this checkout; '
-                    'set STRHUB_SHARED=/path/to/shared to run this test')
+        pytest.skip(
+            '../shared (real crops and reference outputs) is not present next to this checkout; '
+            'set STRHUB_SHARED=/path/to/shared to run this test'
+        )
     return found
 
 
-def make_word_lmdb(path: Path, num: int, seed: int = 0, alphabet: str = 'abcdef', size: tuple[int, int] = (100, 32)
-                   ) -> Path:
+def make_word_lmdb(
+    path: Path, num: int, seed: int = 0, alphabet: str = 'abcdef', size: tuple[int, int] = (100, 32)
+) -> Path:
     """A small LMDB of black-on-white words drawn with PIL's built-in font (fast, no font packages needed)."""
     import io
     import random
@@ -52,10 +55,21 @@ def make_word_lmdb(path: Path, num: int, seed: int = 0, alphabet: str = 'abcdef'
 
 # Overrides that make PARSeq small enough to train a few steps on a CPU in seconds.
 TINY_PARSEQ = [
-    '+experiment=parseq-tiny', 'charset=36_lowercase', 'model.max_label_length=8', 'model.batch_size=16',
-    'model.arch.embed_dim=32', 'model.arch.enc_depth=1', 'model.arch.enc_num_heads=2', 'model.arch.dec_num_heads=2',
-    'model.arch.enc_mlp_ratio=2', 'model.arch.dec_mlp_ratio=2', 'model.perm_num=2', 'data.num_workers=0',
-    'data.augment.enabled=false', 'trainer.num_sanity_val_steps=0', 'trainer.log_every_n_steps=1',
+    '+experiment=parseq-tiny',
+    'charset=36_lowercase',
+    'model.max_label_length=8',
+    'model.batch_size=16',
+    'model.arch.embed_dim=32',
+    'model.arch.enc_depth=1',
+    'model.arch.enc_num_heads=2',
+    'model.arch.dec_num_heads=2',
+    'model.arch.enc_mlp_ratio=2',
+    'model.arch.dec_mlp_ratio=2',
+    'model.perm_num=2',
+    'data.num_workers=0',
+    'data.augment.enabled=false',
+    'trainer.num_sanity_val_steps=0',
+    'trainer.log_every_n_steps=1',
 ]
 
 

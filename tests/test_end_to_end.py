@@ -6,7 +6,6 @@ import importlib.util
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -29,8 +28,12 @@ def run_script(name: str, argv: list[str]) -> int:
 @pytest.fixture(scope='module')
 def trained(word_data, tmp_path_factory):
     out = tmp_path_factory.mktemp('run')
-    overrides = TINY_PARSEQ + ['dataset=generated', f'data.root_dir={word_data}', 'trainer.max_steps=4',
-                               'trainer.val_check_interval=2']
+    overrides = TINY_PARSEQ + [
+        'dataset=generated',
+        f'data.root_dir={word_data}',
+        'trainer.max_steps=4',
+        'trainer.val_check_interval=2',
+    ]
     cfg = compose_config(overrides)
     train(cfg, out / 'first')
     return overrides, out
@@ -68,9 +71,24 @@ def test_test_script_prints_table_and_writes_files(trained, word_data, tmp_path,
     _, out = trained
     ckpt = out / 'first' / 'checkpoints' / 'last.ckpt'
     results, errors = tmp_path / 'results.json', tmp_path / 'errors.tsv'
-    rc = run_script('test', [str(ckpt), '--data_root', str(word_data), '--benchmark_all_eval', '--num_workers', '0',
-                             '--device', 'cpu', '--results', str(results), '--errors', str(errors),
-                             'refine_iters:int=0'])
+    rc = run_script(
+        'test',
+        [
+            str(ckpt),
+            '--data_root',
+            str(word_data),
+            '--benchmark_all_eval',
+            '--num_workers',
+            '0',
+            '--device',
+            'cpu',
+            '--results',
+            str(results),
+            '--errors',
+            str(errors),
+            'refine_iters:int=0',
+        ],
+    )
     assert rc == 0
     table = capsys.readouterr().out
     assert '| Dataset' in table and '| IIIT5k_3000' in table and '| Combined' in table
@@ -91,16 +109,27 @@ def test_read_script(trained, word_data, tmp_path, capsys):
         path = tmp_path / f'img{i}.png'
         Image.new('RGB', (100, 32), 'white').save(path)
         paths.append(str(path))
-    assert run_script('read', [str(out / 'first' / 'checkpoints' / 'last.ckpt'), '--images', *paths,
-                               '--device', 'cpu']) == 0
+    assert (
+        run_script('read', [str(out / 'first' / 'checkpoints' / 'last.ckpt'), '--images', *paths, '--device', 'cpu'])
+        == 0
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 3 and all(line.startswith(p + ': ') and line.endswith(')') for line, p in zip(lines, paths))
 
 
 def test_bench_script_prints_tables(tmp_path):
     overrides = [o for o in TINY_PARSEQ if not o.startswith(('data.', 'trainer.'))]
-    cmd = [sys.executable, str(REPO_ROOT / 'bench.py'), *overrides, 'device=cpu', 'batch_sizes=[1,2]',
-           'min_run_time=0.05', '+range=true', f'+json={tmp_path / "bench.json"}', f'output_dir={tmp_path}']
+    cmd = [
+        sys.executable,
+        str(REPO_ROOT / 'bench.py'),
+        *overrides,
+        'device=cpu',
+        'batch_sizes=[1,2]',
+        'min_run_time=0.05',
+        '+range=true',
+        f'+json={tmp_path / "bench.json"}',
+        f'output_dir={tmp_path}',
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert '| Batch | Median (ms)' in proc.stdout and '| Module | Params (M) | GFLOPs' in proc.stdout
@@ -116,8 +145,9 @@ def test_bad_inputs_fail_clearly(tmp_path, word_data):
     with pytest.raises((MissingConfigException, ConfigCompositionException), match='nope'):
         compose_config(['+experiment=nope'])
     with pytest.raises(ValueError, match='unknown normalization'):
-        cfg = compose_config(TINY_PARSEQ + ['model.preprocess.normalization=bogus', f'data.root_dir={word_data}',
-                                            'dataset=generated'])
+        cfg = compose_config(
+            TINY_PARSEQ + ['model.preprocess.normalization=bogus', f'data.root_dir={word_data}', 'dataset=generated']
+        )
         train(cfg, tmp_path / 'run')
     with pytest.raises(FileNotFoundError, match='charset file'):
         compose_and_build = compose_config(TINY_PARSEQ + ['charset=file', 'charset_file=/nonexistent/chars.txt'])
@@ -131,8 +161,13 @@ def test_bad_inputs_fail_clearly(tmp_path, word_data):
 
 
 def test_stochastic_weight_averaging_option(word_data, tmp_path):
-    overrides = TINY_PARSEQ + ['dataset=generated', f'data.root_dir={word_data}', 'trainer.max_epochs=2',
-                               'trainer.val_check_interval=4', 'model.swa={swa_lrs: 1e-3, swa_epoch_start: 1}']
+    overrides = TINY_PARSEQ + [
+        'dataset=generated',
+        f'data.root_dir={word_data}',
+        'trainer.max_epochs=2',
+        'trainer.val_check_interval=4',
+        'model.swa={swa_lrs: 1e-3, swa_epoch_start: 1}',
+    ]
     system, trainer = train(compose_config(overrides), tmp_path / 'swa')
     swa = next(c for c in trainer.callbacks if type(c).__name__ == 'StochasticWeightAveraging')
     assert trainer.current_epoch == 2 and int(swa.n_averaged) >= 1  # weights were averaged from epoch 1 on

@@ -65,8 +65,10 @@ def test_dataset_reads_and_filters(tmp_path):
     root = write_lmdb(tmp_path / 'set', ['Hello', 'toolongforthis', 'ok€', '  ', 'Zz'])
     ds = LmdbDataset(root, LabelFilter(LOWER, max_length=8), cache_dir=None)
     assert ds.labels == ['hello', 'ok', 'zz']
-    assert ds.skipped == {'label too long': {'count': 1, 'keys': ['label-000000002']},
-                          'empty label': {'count': 1, 'keys': ['label-000000004']}}
+    assert ds.skipped == {
+        'label too long': {'count': 1, 'keys': ['label-000000002']},
+        'empty label': {'count': 1, 'keys': ['label-000000004']},
+    }
     img, label = ds[0]
     assert isinstance(img, Image.Image) and label == 'hello'
 
@@ -102,7 +104,11 @@ def test_bad_data_is_skipped_and_counted(tmp_path, caplog):
         ds = LmdbDataset(root, LabelFilter(FULL, max_length=25), cache_dir=None)
     assert ds.labels == ['good', 'corrupt', 'fine']
     assert {k: v['count'] for k, v in ds.skipped.items()} == {
-        'missing label': 1, 'label not UTF-8': 1, 'label too long': 1, 'missing image': 1}
+        'missing label': 1,
+        'label not UTF-8': 1,
+        'label too long': 1,
+        'missing image': 1,
+    }
     assert 'skipped' in caplog.text and 'label-000000004' in caplog.text
     labels = [ds[i][1] for i in range(len(ds))]
     # The corrupt image is replaced by the next good sample; it is counted, not fatal.
@@ -147,25 +153,38 @@ def test_find_lmdb_dirs_and_both_layouts(tmp_path):
         write_lmdb(tmp_path / 'mgp' / sub, ['abc'])
     assert [p.name for p in find_lmdb_dirs(tmp_path / 'parseq' / 'train')] == ['a', 'c']
     benchmarks = {'IIIT5k_3000': ['IIIT5k_3000', 'IIIT5k'], 'SVT': ['SVT'], 'CUTE80': ['CUTE80']}
-    common = dict(benchmarks=benchmarks, test_roots=['test', 'evaluation'], preprocess={'img_size': [16, 32]},
-                  batch_size=4, num_workers=0, cache_dir=None)
-    parseq = SceneTextDataModule(str(tmp_path / 'parseq'), train=[{'name': 'real', 'paths': ['train/real']}],
-                                 val=['val', 'evaluation'], **common)
+    common = dict(
+        benchmarks=benchmarks,
+        test_roots=['test', 'evaluation'],
+        preprocess={'img_size': [16, 32]},
+        batch_size=4,
+        num_workers=0,
+        cache_dir=None,
+    )
+    parseq = SceneTextDataModule(
+        str(tmp_path / 'parseq'), train=[{'name': 'real', 'paths': ['train/real']}], val=['val', 'evaluation'], **common
+    )
     assert len(parseq.train_dataset) == 2 and len(parseq.val_dataset) == 1
     found, missing = parseq.find_benchmarks(['IIIT5k_3000', 'SVT', 'CUTE80'])
     assert sorted(found) == ['IIIT5k_3000', 'SVT'] and missing == ['CUTE80']
-    mgp = SceneTextDataModule(str(tmp_path / 'mgp'), train=[
-        {'name': 'MJ', 'paths': ['train/synth/MJ', 'training/MJ'], 'weight': 0.5},
-        {'name': 'ST', 'paths': ['train/synth/ST', 'training/ST'], 'weight': 0.5}], val=['val', 'evaluation'],
-        **common)
+    mgp = SceneTextDataModule(
+        str(tmp_path / 'mgp'),
+        train=[
+            {'name': 'MJ', 'paths': ['train/synth/MJ', 'training/MJ'], 'weight': 0.5},
+            {'name': 'ST', 'paths': ['train/synth/ST', 'training/ST'], 'weight': 0.5},
+        ],
+        val=['val', 'evaluation'],
+        **common,
+    )
     assert len(mgp.train_dataset) == 2 and len(mgp.val_dataset) == 2
     found, missing = mgp.find_benchmarks(['IIIT5k_3000', 'SVT', 'CUTE80'])
     assert sorted(found) == ['CUTE80', 'IIIT5k_3000'] and missing == ['SVT']
     images, labels = next(iter(mgp.train_dataloader()))
     assert images.shape == (2, 3, 16, 32) and labels == ['abc', 'abc']
     with pytest.raises(FileNotFoundError, match='training source .*real.*data/README.md'):
-        _ = SceneTextDataModule(str(tmp_path / 'mgp'), train=[{'name': 'real', 'paths': ['train/real']}],
-                                **common).train_dataset
+        _ = SceneTextDataModule(
+            str(tmp_path / 'mgp'), train=[{'name': 'real', 'paths': ['train/real']}], **common
+        ).train_dataset
 
 
 def test_ratio_sampler_mixes_sources_at_their_weights():

@@ -43,8 +43,11 @@ def hub_dir(tmp_path, monkeypatch):
 def test_pretrained_name_downloads_with_hash_check(tmp_path, hub_dir, monkeypatch):
     source = tiny_system()
     path, _ = release_file(tmp_path, source)
-    monkeypatch.setitem(registry.PRETRAINED, 'tiny-test', registry.PretrainedWeights(
-        path.as_uri(), 'parseq-tiny', 'parseq_release', tuple(MODEL_OVERRIDES)))
+    monkeypatch.setitem(
+        registry.PRETRAINED,
+        'tiny-test',
+        registry.PretrainedWeights(path.as_uri(), 'parseq-tiny', 'parseq_release', tuple(MODEL_OVERRIDES)),
+    )
     loaded = load('tiny-test')
     assert (hub_dir / 'checkpoints' / path.name).is_file()  # cached where torch.hub keeps downloads
     for key, value in source.state_dict().items():
@@ -56,8 +59,11 @@ def test_pretrained_name_downloads_with_hash_check(tmp_path, hub_dir, monkeypatc
     tampered.parent.mkdir()
     torch.save({'x': torch.zeros(1)}, tampered)
     (hub_dir / 'checkpoints' / path.name).unlink()
-    monkeypatch.setitem(registry.PRETRAINED, 'tiny-test', registry.PretrainedWeights(
-        tampered.as_uri(), 'parseq-tiny', 'parseq_release', tuple(MODEL_OVERRIDES)))
+    monkeypatch.setitem(
+        registry.PRETRAINED,
+        'tiny-test',
+        registry.PretrainedWeights(tampered.as_uri(), 'parseq-tiny', 'parseq_release', tuple(MODEL_OVERRIDES)),
+    )
     with pytest.raises(RuntimeError, match='invalid hash value'):
         load('tiny-test')
 

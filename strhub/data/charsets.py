@@ -27,8 +27,10 @@ def read_charset_file(path: str | Path) -> str:
         chars = ''.join(lines)
     else:
         bad = next(line for line in lines if len(line) != 1)
-        raise ValueError(f'{path}: a charset file holds one character per line or the whole charset on one line; '
-                         f'found the line {bad!r}')
+        raise ValueError(
+            f'{path}: a charset file holds one character per line or the whole charset on one line; '
+            f'found the line {bad!r}'
+        )
     return deduplicate(chars)
 
 
@@ -45,11 +47,12 @@ def resolve_charset(spec: str) -> str:
     """
     if spec in STANDARD_CHARSETS:
         return STANDARD_CHARSETS[spec]
-    path = spec[len('file:'):] if spec.startswith('file:') else spec
+    path = spec[len('file:') :] if spec.startswith('file:') else spec
     if spec.startswith('file:') or (len(spec) < 4096 and '\n' not in spec and Path(path).is_file()):
         if not Path(path).is_file():
-            raise FileNotFoundError(f'charset file {path} does not exist; standard charsets are '
-                                    f'{sorted(STANDARD_CHARSETS)}')
+            raise FileNotFoundError(
+                f'charset file {path} does not exist; standard charsets are {sorted(STANDARD_CHARSETS)}'
+            )
         return read_charset_file(path)
     if not spec:
         raise ValueError(f'empty charset; use one of {sorted(STANDARD_CHARSETS)}, a file or a string of characters')

@@ -93,13 +93,20 @@ class LmdbDataset(Dataset):
         cache_dir: where the filtered index is cached; ``None`` disables caching.
     """
 
-    def __init__(self, root: str | os.PathLike, label_filter: LabelFilter | None = None,
-                 transform: Callable[[Image.Image], Any] | None = None, min_image_size: int = 0,
-                 return_boxes: bool = False, cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        label_filter: LabelFilter | None = None,
+        transform: Callable[[Image.Image], Any] | None = None,
+        min_image_size: int = 0,
+        return_boxes: bool = False,
+        cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
+    ) -> None:
         self.root = Path(root)
         if not is_lmdb_dir(self.root):
-            raise FileNotFoundError(f'{self.root} is not an LMDB dataset (no data.mdb inside); create one with '
-                                    'tools/create_lmdb.py')
+            raise FileNotFoundError(
+                f'{self.root} is not an LMDB dataset (no data.mdb inside); create one with tools/create_lmdb.py'
+            )
         self.label_filter = label_filter
         self.transform = transform
         self.min_image_size = min_image_size
@@ -139,8 +146,10 @@ class LmdbDataset(Dataset):
             try:
                 cache_file.parent.mkdir(parents=True, exist_ok=True)
                 tmp = cache_file.with_suffix(f'.{os.getpid()}.tmp')
-                tmp.write_text(json.dumps({'indices': indices, 'labels': labels, 'skipped': skipped,
-                                           'num_stored': num_stored}), encoding='utf-8')
+                tmp.write_text(
+                    json.dumps({'indices': indices, 'labels': labels, 'skipped': skipped, 'num_stored': num_stored}),
+                    encoding='utf-8',
+                )
                 os.replace(tmp, cache_file)
             except OSError as e:
                 log.warning('could not cache the label index of %s in %s: %s', self.root, cache_file.parent, e)
@@ -194,8 +203,10 @@ class LmdbDataset(Dataset):
 
     def _log_skipped(self) -> None:
         if self.skipped:
-            detail = '; '.join(f"{reason}: {info['count']} (e.g. {', '.join(info['keys'])})"
-                               for reason, info in sorted(self.skipped.items()))
+            detail = '; '.join(
+                f'{reason}: {info["count"]} (e.g. {", ".join(info["keys"])})'
+                for reason, info in sorted(self.skipped.items())
+            )
             log.info('%s: kept %d of %d samples; skipped %s', self.root, len(self.indices), self.num_stored, detail)
 
     # -- run time: images ---------------------------------------------------------------------------------------
@@ -248,15 +259,22 @@ class LmdbDataset(Dataset):
             if self.return_boxes:
                 return img, label, (json.loads(boxes) if boxes is not None else None)
             return img, label
-        raise RuntimeError(f'{self.root}: {MAX_CONSECUTIVE_BAD} images in a row could not be decoded; the dataset is '
-                           'likely corrupt: check it with tools/check_lmdb.py')
+        raise RuntimeError(
+            f'{self.root}: {MAX_CONSECUTIVE_BAD} images in a row could not be decoded; the dataset is '
+            'likely corrupt: check it with tools/check_lmdb.py'
+        )
 
     def _record_bad(self, index: int, error: Exception) -> None:
         self._bad_indices.add(index)
         self._runtime_bad['corrupt image'] += 1
         if self._runtime_bad['corrupt image'] <= MAX_LOGGED_KEYS:
-            log.warning('%s: skipping undecodable %s (%s: %s)', self.root, image_key(index).decode(),
-                        type(error).__name__, error)
+            log.warning(
+                '%s: skipping undecodable %s (%s: %s)',
+                self.root,
+                image_key(index).decode(),
+                type(error).__name__,
+                error,
+            )
 
 
 def _image_size(buf) -> tuple[int, int] | None:

@@ -47,8 +47,13 @@ class LmdbWriter:
             writer.add(png_bytes, 'hello')
     """
 
-    def __init__(self, path: str | os.PathLike, overwrite: bool = False, commit_every: int = 1000,
-                 map_size: int = DEFAULT_MAP_SIZE) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        overwrite: bool = False,
+        commit_every: int = 1000,
+        map_size: int = DEFAULT_MAP_SIZE,
+    ) -> None:
         self.path = Path(path)
         if self.path.exists() and not overwrite:
             raise FileExistsError(f'{self.path} already exists; pass overwrite=True (--overwrite) to replace it')
@@ -63,7 +68,9 @@ class LmdbWriter:
     def add(self, image: bytes, label: str, boxes: Sequence[Sequence[float]] | None = None) -> int:
         """Appends one sample and returns its 1-based index."""
         if boxes is not None and len(boxes) != len(label):
-            raise ValueError(f'{len(boxes)} boxes for label {label!r} of {len(label)} characters: need one per character')
+            raise ValueError(
+                f'{len(boxes)} boxes for label {label!r} of {len(label)} characters: need one box per character'
+            )
         self.count += 1
         self._txn.put(image_key(self.count), image)
         self._txn.put(label_key(self.count), label.encode('utf-8'))

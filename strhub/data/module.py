@@ -40,8 +40,10 @@ def resolve_dir(root: Path, candidates: Sequence[str], what: str) -> Path:
         if path.exists():
             return path
     tried = ', '.join(str(root / c) for c in candidates)
-    raise FileNotFoundError(f'{what}: none of [{tried}] exists. See data/README.md for the supported layouts, or '
-                            'set data.root_dir / the dataset paths')
+    raise FileNotFoundError(
+        f'{what}: none of [{tried}] exists. See data/README.md for the supported layouts, or '
+        'set data.root_dir / the dataset paths'
+    )
 
 
 class ImageTransform:
@@ -80,14 +82,29 @@ class SceneTextDataModule(pl.LightningDataModule):
         samples_per_epoch: draws per training epoch when mixing sources (default: their total size).
     """
 
-    def __init__(self, root_dir: str, train: Sequence[Mapping[str, Any]] = (), val: Sequence[str] = (),
-                 benchmarks: Mapping[str, Sequence[str]] | None = None, test_roots: Sequence[str] = ('test',),
-                 charset_train: str = '94_full', charset_test: str = '36_lowercase', max_label_length: int = 25,
-                 preprocess: Mapping[str, Any] | None = None, augment: Mapping[str, Any] | None = None,
-                 batch_size: int = 256, num_workers: int = 2, remove_whitespace: bool = True,
-                 normalize_unicode: bool = True, unknown_chars: str = 'remove', min_image_size: int = 0,
-                 samples_per_epoch: int | None = None, return_boxes: bool = False, seed: int = 0,
-                 cache_dir: str | None = str(DEFAULT_CACHE_DIR)) -> None:
+    def __init__(
+        self,
+        root_dir: str,
+        train: Sequence[Mapping[str, Any]] = (),
+        val: Sequence[str] = (),
+        benchmarks: Mapping[str, Sequence[str]] | None = None,
+        test_roots: Sequence[str] = ('test',),
+        charset_train: str = '94_full',
+        charset_test: str = '36_lowercase',
+        max_label_length: int = 25,
+        preprocess: Mapping[str, Any] | None = None,
+        augment: Mapping[str, Any] | None = None,
+        batch_size: int = 256,
+        num_workers: int = 2,
+        remove_whitespace: bool = True,
+        normalize_unicode: bool = True,
+        unknown_chars: str = 'remove',
+        min_image_size: int = 0,
+        samples_per_epoch: int | None = None,
+        return_boxes: bool = False,
+        seed: int = 0,
+        cache_dir: str | None = str(DEFAULT_CACHE_DIR),
+    ) -> None:
         super().__init__()
         self.root_dir = Path(root_dir)
         self.train_sources = [Source(**dict(s)) for s in train]
@@ -101,8 +118,12 @@ class SceneTextDataModule(pl.LightningDataModule):
         self.augment_cfg = dict(augment) if augment else None
         self.batch_size = batch_size
         self.num_workers = num_workers
-        self.filter_kwargs = dict(max_length=max_label_length, remove_whitespace=remove_whitespace,
-                                  normalize_unicode=normalize_unicode, unknown_chars=unknown_chars)
+        self.filter_kwargs = dict(
+            max_length=max_label_length,
+            remove_whitespace=remove_whitespace,
+            normalize_unicode=normalize_unicode,
+            unknown_chars=unknown_chars,
+        )
         self.min_image_size = min_image_size
         self.samples_per_epoch = samples_per_epoch
         self.return_boxes = return_boxes
@@ -114,11 +135,17 @@ class SceneTextDataModule(pl.LightningDataModule):
 
     # -- datasets -----------------------------------------------------------------------------------------------
 
-    def _open(self, roots: Sequence[Path], charset: str, transform: Callable, return_boxes: bool = False
-              ) -> list[LmdbDataset]:
-        return open_lmdb_datasets(roots, label_filter=LabelFilter(charset, **self.filter_kwargs), transform=transform,
-                                  min_image_size=self.min_image_size, return_boxes=return_boxes,
-                                  cache_dir=self.cache_dir)
+    def _open(
+        self, roots: Sequence[Path], charset: str, transform: Callable, return_boxes: bool = False
+    ) -> list[LmdbDataset]:
+        return open_lmdb_datasets(
+            roots,
+            label_filter=LabelFilter(charset, **self.filter_kwargs),
+            transform=transform,
+            min_image_size=self.min_image_size,
+            return_boxes=return_boxes,
+            cache_dir=self.cache_dir,
+        )
 
     @property
     def train_dataset(self) -> Dataset:
@@ -131,8 +158,14 @@ class SceneTextDataModule(pl.LightningDataModule):
                 path = resolve_dir(self.root_dir, source.paths, f'training source {source.name!r}')
                 datasets = self._open([path], self.charset_train, transform, self.return_boxes)
                 parts.append(ConcatDataset(datasets))
-                log.info('training source %s: %d samples from %d LMDB(s) under %s (weight %.3g)', source.name,
-                         len(parts[-1]), len(datasets), path, source.weight)
+                log.info(
+                    'training source %s: %d samples from %d LMDB(s) under %s (weight %.3g)',
+                    source.name,
+                    len(parts[-1]),
+                    len(datasets),
+                    path,
+                    source.weight,
+                )
             self._train_sizes = [len(p) for p in parts]
             self._train = ConcatDataset(parts)
         return self._train
@@ -162,22 +195,35 @@ class SceneTextDataModule(pl.LightningDataModule):
         """One DataLoader per test set (name -> directory holding one or more LMDBs)."""
         preprocess = Preprocess(**{**self.preprocess.__dict__, 'rotation': rotation}) if rotation else self.preprocess
         transform = ImageTransform(preprocess)
-        return {name: self._loader(ConcatDataset(self._open([path], self.charset_test, transform)), shuffle=False)
-                for name, path in sets.items()}
+        return {
+            name: self._loader(ConcatDataset(self._open([path], self.charset_test, transform)), shuffle=False)
+            for name, path in sets.items()
+        }
 
     # -- loaders ------------------------------------------------------------------------------------------------
 
     def _loader(self, dataset: Dataset, shuffle: bool = False, sampler=None) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.batch_size, shuffle=shuffle, sampler=sampler,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
-                          pin_memory=torch.cuda.is_available(), collate_fn=collate_images_labels,
-                          drop_last=False)
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            collate_fn=collate_images_labels,
+            drop_last=False,
+        )
 
     def train_dataloader(self) -> DataLoader:
         dataset = self.train_dataset
         if len(self.train_sources) > 1 or self.samples_per_epoch:
-            sampler = RatioSampler(self._train_sizes, [s.weight for s in self.train_sources],
-                                   num_samples=self.samples_per_epoch, seed=self.seed)
+            sampler = RatioSampler(
+                self._train_sizes,
+                [s.weight for s in self.train_sources],
+                num_samples=self.samples_per_epoch,
+                seed=self.seed,
+            )
             return self._loader(dataset, sampler=sampler)
         return self._loader(dataset, shuffle=True)
 

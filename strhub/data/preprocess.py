@@ -56,8 +56,10 @@ class Preprocess:
             raise ValueError(f'channels must be 1 or 3, got {self.channels}')
         if isinstance(self.normalization, str):
             if self.normalization not in NORMALIZATIONS:
-                raise ValueError(f'unknown normalization {self.normalization!r}; valid: {sorted(NORMALIZATIONS)} or '
-                                 '{mean: [...], std: [...]}')
+                raise ValueError(
+                    f'unknown normalization {self.normalization!r}; valid: {sorted(NORMALIZATIONS)} or '
+                    '{mean: [...], std: [...]}'
+                )
             mean, std = NORMALIZATIONS[self.normalization]
         else:
             mean, std = tuple(self.normalization['mean']), tuple(self.normalization['std'])
@@ -67,8 +69,10 @@ class Preprocess:
         self._shift = -mean_t / std_t
         # uint8 -> normalised float32 by table look-up: one pass, no intermediate tensors (the cheapest per-sample
         # path on a CPU data worker). Row c holds channel c's 256 values.
-        self._lut = (np.arange(256, dtype=np.float64)[None, :] * self._scale.view(-1, 1).double().numpy()
-                     + self._shift.view(-1, 1).double().numpy()).astype(np.float32)
+        self._lut = (
+            np.arange(256, dtype=np.float64)[None, :] * self._scale.view(-1, 1).double().numpy()
+            + self._shift.view(-1, 1).double().numpy()
+        ).astype(np.float32)
         self._uniform = bool(np.all(self._lut == self._lut[:1]))
         self._resample = getattr(Image.Resampling, self.interpolation.upper())
 

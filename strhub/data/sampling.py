@@ -17,8 +17,9 @@ class RatioSampler(Sampler[int]):
     Call :meth:`set_epoch` for a new order each epoch (Lightning does, and wraps it for DDP).
     """
 
-    def __init__(self, sizes: Sequence[int], weights: Sequence[float], num_samples: int | None = None,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, sizes: Sequence[int], weights: Sequence[float], num_samples: int | None = None, seed: int = 0
+    ) -> None:
         if len(sizes) != len(weights):
             raise ValueError(f'{len(sizes)} sources but {len(weights)} weights')
         if any(w < 0 for w in weights) or sum(weights) <= 0:

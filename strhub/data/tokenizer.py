@@ -35,8 +35,10 @@ class Tokenizer(ABC):
         try:
             return [self.stoi[c] for c in text]
         except KeyError as e:
-            raise ValueError(f'label {text!r} has character {e.args[0]!r} outside the charset; filter labels with '
-                             'the training charset first (the data module does this)') from None
+            raise ValueError(
+                f'label {text!r} has character {e.args[0]!r} outside the charset; filter labels with '
+                'the training charset first (the data module does this)'
+            ) from None
 
     def ids2tok(self, ids: Sequence[int]) -> str:
         return ''.join(self.itos[i] for i in ids)

@@ -62,10 +62,21 @@ class BaseSystem(pl.LightningModule):
 
     tokenizer_class: type[Tokenizer] = CharTokenizer
 
-    def __init__(self, name: str, charset_train: str, charset_test: str, max_label_length: int,
-                 img_size: Sequence[int], batch_size: int, lr: float, optimizer: Mapping[str, Any] | None = None,
-                 scheduler: Mapping[str, Any] | None = None, scale_lr: bool = True,
-                 swa: Mapping[str, Any] | None = None, preprocess: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        charset_train: str,
+        charset_test: str,
+        max_label_length: int,
+        img_size: Sequence[int],
+        batch_size: int,
+        lr: float,
+        optimizer: Mapping[str, Any] | None = None,
+        scheduler: Mapping[str, Any] | None = None,
+        scale_lr: bool = True,
+        swa: Mapping[str, Any] | None = None,
+        preprocess: Mapping[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.charset_train = resolve_charset(charset_train)
@@ -146,8 +157,10 @@ class BaseSystem(pl.LightningModule):
                 no_decay.add(name)
         params = dict(self.model.named_parameters())
         groups = [
-            {'params': [p for n, p in params.items() if n not in no_decay and p.requires_grad],
-             'weight_decay': weight_decay},
+            {
+                'params': [p for n, p in params.items() if n not in no_decay and p.requires_grad],
+                'weight_decay': weight_decay,
+            },
             {'params': [p for n, p in params.items() if n in no_decay and p.requires_grad], 'weight_decay': 0.0},
         ]
         return [g for g in groups if g['params']]
@@ -158,15 +171,23 @@ class BaseSystem(pl.LightningModule):
         total = self.trainer.estimated_stepping_batches
         if name == 'onecycle':
             return torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=[g.get('lr', lr) for g in optimizer.param_groups], total_steps=int(total),
-                pct_start=cfg.get('warmup_pct', 0.075), cycle_momentum=cfg.get('cycle_momentum', False))
+                optimizer,
+                max_lr=[g.get('lr', lr) for g in optimizer.param_groups],
+                total_steps=int(total),
+                pct_start=cfg.get('warmup_pct', 0.075),
+                cycle_momentum=cfg.get('cycle_momentum', False),
+            )
         if name == 'cosine_warm_restarts':
             return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
-                optimizer, T_0=int(cfg.get('restart_steps', max(1, total // 4))), T_mult=int(cfg.get('t_mult', 1)),
-                eta_min=cfg.get('min_lr', 0.0))
+                optimizer,
+                T_0=int(cfg.get('restart_steps', max(1, total // 4))),
+                T_mult=int(cfg.get('t_mult', 1)),
+                eta_min=cfg.get('min_lr', 0.0),
+            )
         if name == 'cosine':
-            return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=int(total),
-                                                              eta_min=cfg.get('min_lr', 0.0))
+            return torch.optim.lr_scheduler.CosineAnnealingLR(
+                optimizer, T_max=int(total), eta_min=cfg.get('min_lr', 0.0)
+            )
         if name == 'constant':
             return None
         raise ValueError(f'unknown scheduler {name!r}; valid: {list(SCHEDULERS)}')
@@ -211,5 +232,6 @@ class CTCSystem(BaseSystem):
         frames, n = log_probs.shape[:2]
         input_lengths = torch.full((n,), frames, dtype=torch.long, device=self.device)
         target_lengths = torch.as_tensor([len(y) for y in labels], dtype=torch.long, device=self.device)
-        return F.ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=self.tokenizer.blank_id,
-                          zero_infinity=True)
+        return F.ctc_loss(
+            log_probs, targets, input_lengths, target_lengths, blank=self.tokenizer.blank_id, zero_infinity=True
+        )

@@ -42,11 +42,12 @@ def download(url: str, check_hash: bool = True) -> Path:
         match = HASH_IN_NAME.search(filename) if check_hash else None
         log.info('downloading %s to %s', url, dst)
         try:
-            torch.hub.download_url_to_file(url, str(dst), hash_prefix=match.group(1) if match else None,
-                                           progress=False)
+            torch.hub.download_url_to_file(url, str(dst), hash_prefix=match.group(1) if match else None, progress=False)
         except OSError as e:
-            raise OSError(f'could not download {url}: {e}. Without a network, download the file elsewhere and pass '
-                          'its local path instead') from e
+            raise OSError(
+                f'could not download {url}: {e}. Without a network, download the file elsewhere and pass '
+                'its local path instead'
+            ) from e
     return dst
 
 
@@ -60,8 +61,10 @@ def resolve_checkpoint_path(spec: str | os.PathLike) -> Path:
     path = Path(spec).expanduser()
     if path.is_file():
         return path
-    raise FileNotFoundError(f'checkpoint {spec!r} not found: give an existing file, a file:// or https:// URL, or a '
-                            f'pretrained name ({sorted(registry.PRETRAINED)})')
+    raise FileNotFoundError(
+        f'checkpoint {spec!r} not found: give an existing file, a file:// or https:// URL, or a '
+        f'pretrained name ({sorted(registry.PRETRAINED)})'
+    )
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -101,9 +104,11 @@ def load(spec: str | os.PathLike, device: str | torch.device = 'cpu', **runtime:
     else:
         checkpoint = read_checkpoint(resolve_checkpoint_path(spec))
         if SYSTEM_KEY not in checkpoint or 'hyper_parameters' not in checkpoint:
-            raise ValueError(f'{spec} is not a strhub training checkpoint (no embedded config); for published weights '
-                             f'use a pretrained name ({sorted(registry.PRETRAINED)}) or pretrained=<file> with a '
-                             'model config')
+            raise ValueError(
+                f'{spec} is not a strhub training checkpoint (no embedded config); for published weights '
+                f'use a pretrained name ({sorted(registry.PRETRAINED)}) or pretrained=<file> with a '
+                'model config'
+            )
         system = registry.system_class(checkpoint[SYSTEM_KEY])(**checkpoint['hyper_parameters'])
         system.load_state_dict(checkpoint['state_dict'], strict=True)
     set_runtime_options(system, runtime)
@@ -114,8 +119,11 @@ def set_runtime_options(system: BaseSystem, options: Mapping[str, Any]) -> None:
     """Sets inference-time attributes of the model (``refine_iters``, ``decode_ar`` ...), refusing unknown ones."""
     for key, value in options.items():
         if not hasattr(system.model, key):
-            valid = sorted(k for k, v in vars(system.model).items()
-                           if not k.startswith('_') and isinstance(v, bool | int | float | str))
+            valid = sorted(
+                k
+                for k, v in vars(system.model).items()
+                if not k.startswith('_') and isinstance(v, bool | int | float | str)
+            )
             raise AttributeError(f'{type(system.model).__name__} has no runtime option {key!r}; valid: {valid}')
         setattr(system.model, key, value)
 
@@ -137,14 +145,25 @@ def load_pretrained_weights(system: BaseSystem, spec: str | os.PathLike) -> None
     unexpected = sorted(k for k in state if k not in own)
     missing = sorted(k for k in own if k not in state)
     if not compatible:
-        raise ValueError(f'{spec}: none of its {len(state)} tensors fits {type(system.model).__name__}; is it a '
-                         f'checkpoint of another architecture? (first keys: {list(state)[:5]})')
+        raise ValueError(
+            f'{spec}: none of its {len(state)} tensors fits {type(system.model).__name__}; is it a '
+            f'checkpoint of another architecture? (first keys: {list(state)[:5]})'
+        )
     if reinitialised:
-        log.warning('pretrained %s: re-initialised %d tensor(s) whose shape differs (new charset or max length): %s',
-                    spec, len(reinitialised), ', '.join(reinitialised))
+        log.warning(
+            'pretrained %s: re-initialised %d tensor(s) whose shape differs (new charset or max length): %s',
+            spec,
+            len(reinitialised),
+            ', '.join(reinitialised),
+        )
     if unexpected or missing:
-        log.warning('pretrained %s: %d unexpected and %d missing key(s) (e.g. %s)', spec, len(unexpected),
-                    len(missing), ', '.join((unexpected + missing)[:5]))
+        log.warning(
+            'pretrained %s: %d unexpected and %d missing key(s) (e.g. %s)',
+            spec,
+            len(unexpected),
+            len(missing),
+            ', '.join((unexpected + missing)[:5]),
+        )
     system.load_state_dict(compatible, strict=False)
 
 

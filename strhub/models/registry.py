@@ -80,8 +80,9 @@ class PretrainedWeights:
 RELEASE = 'https://github.com/baudm/parseq/releases/download/v1.0.0'
 PRETRAINED: dict[str, PretrainedWeights] = {
     'parseq': PretrainedWeights(f'{RELEASE}/parseq-bb5792a6.pt', 'parseq', 'parseq_release', ('charset=94_full',)),
-    'parseq-tiny': PretrainedWeights(f'{RELEASE}/parseq_tiny-e7a21b54.pt', 'parseq-tiny', 'parseq_release',
-                                     ('charset=94_full',)),
+    'parseq-tiny': PretrainedWeights(
+        f'{RELEASE}/parseq_tiny-e7a21b54.pt', 'parseq-tiny', 'parseq_release', ('charset=94_full',)
+    ),
 }
 # The release files' own names are accepted too.
 PRETRAINED['parseq_tiny'] = PRETRAINED['parseq-tiny']

@@ -25,21 +25,41 @@ class PARSeqSystem(CrossEntropySystem):
         **kwargs: see :class:`BaseSystem`.
     """
 
-    def __init__(self, arch: Mapping[str, Any], perm_num: int = 6, perm_forward: bool = True,
-                 perm_mirrored: bool = True, img_size: Sequence[int] = (32, 128), max_label_length: int = 25,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        arch: Mapping[str, Any],
+        perm_num: int = 6,
+        perm_forward: bool = True,
+        perm_mirrored: bool = True,
+        img_size: Sequence[int] = (32, 128),
+        max_label_length: int = 25,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(img_size=img_size, max_label_length=max_label_length, **kwargs)
         tok = self.tokenizer
-        self.model = PARSeq(num_tokens=len(tok), max_label_length=max_label_length, img_size=tuple(img_size),
-                            bos_id=tok.bos_id, eos_id=tok.eos_id, pad_id=tok.pad_id, **dict(arch))
+        self.model = PARSeq(
+            num_tokens=len(tok),
+            max_label_length=max_label_length,
+            img_size=tuple(img_size),
+            bos_id=tok.bos_id,
+            eos_id=tok.eos_id,
+            pad_id=tok.pad_id,
+            **dict(arch),
+        )
         self.perm_num = perm_num
         self.perm_forward = perm_forward
         self.perm_mirrored = perm_mirrored
 
     def training_loss(self, images: Tensor, labels: list[str]) -> Tensor:
         tgt = self.tokenizer.encode(labels, self.device)
-        loss, _ = plm_loss(self.model, images, tgt, perm_num=self.perm_num, perm_forward=self.perm_forward,
-                           perm_mirrored=self.perm_mirrored)
+        loss, _ = plm_loss(
+            self.model,
+            images,
+            tgt,
+            perm_num=self.perm_num,
+            perm_forward=self.perm_forward,
+            perm_mirrored=self.perm_mirrored,
+        )
         return loss
 
 
