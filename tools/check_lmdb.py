@@ -17,7 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
-from strhub.data.inspect import draw_contact_sheet, inspect_lmdb
+from strhub.data.inspect import draw_contact_sheet, export_samples, inspect_lmdb
 from strhub.data.lmdb_dataset import find_lmdb_dirs
 
 
@@ -32,6 +32,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--num', type=int, default=64, help='samples on the contact sheet (default 64)')
     parser.add_argument('--seed', type=int, default=0, help='seed of the contact-sheet sample choice (default 0)')
     parser.add_argument('--json', type=Path, help='write the full report (all histograms) as JSON here')
+    parser.add_argument(
+        '--export', type=Path, help='write --num random samples as image files plus labels.tsv into this folder'
+    )
     parser.add_argument(
         '--header-only',
         action='store_true',
@@ -73,6 +76,10 @@ def main(argv: list[str] | None = None) -> int:
                     seed=args.seed,
                 )
                 print(f'contact sheet: {out}')
+    if args.export is not None:
+        for lmdb_dir in lmdb_dirs:
+            written = export_samples(lmdb_dir, args.export, num=args.num, seed=args.seed)
+            print(f'exported {len(written)} samples of {lmdb_dir} to {args.export}')
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps([r.to_dict() for r in reports], ensure_ascii=False, indent=1), encoding='utf-8')

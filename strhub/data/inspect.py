@@ -1,6 +1,6 @@
 """Checking STR LMDB datasets: statistics, corrupt entries and a contact sheet of samples.
 
-Every function opens the LMDB with :func:`~strhub.data.lmdb_dataset.open_lmdb_readonly` (read-only, no lock
+Every function opens the LMDB with :func:`~strhub.data.lmdb_dataset.shared_readonly_env` (read-only, no lock
 file), so checking never modifies the data.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import lmdb
 from PIL import Image, ImageDraw, ImageFont
 
-from strhub.data.lmdb_dataset import is_lmdb_dir, open_lmdb_readonly
+from strhub.data.lmdb_dataset import is_lmdb_dir, shared_readonly_env
 from strhub.data.lmdb_writer import NUM_SAMPLES_KEY, boxes_key, image_key, label_key
 
 log = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ def inspect_lmdb(path: str | os.PathLike, full_decode: bool = True, max_listed: 
     path = Path(path)
     _require_lmdb_dir(path)
     widths, heights, aspects = [], [], []
-    with open_lmdb_readonly(path) as env, env.begin() as txn:
+    with shared_readonly_env(path).begin() as txn:
         report = LmdbReport(path=path, num_samples=read_num_samples(txn, path))
         for index in range(1, report.num_samples + 1):
             problems = []
@@ -227,7 +227,7 @@ def draw_contact_sheet(
     font = ImageFont.load_default(size=font_size)
     cell_w, cell_h = cell_size
     caption_h = font_size + 6
-    with open_lmdb_readonly(path) as env, env.begin() as txn:
+    with shared_readonly_env(path).begin() as txn:
         total = read_num_samples(txn, path)
         if total == 0:
             raise ValueError(f'{path} holds no samples; nothing to draw')
@@ -264,3 +264,31 @@ def _sample_thumbnail(txn: lmdb.Transaction, index: int, box: tuple[int, int]) -
     if problems:
         caption = f'<{", ".join(problems)}> {caption}'
     return thumbnail, caption
+
+
+def export_samples(path: str | os.PathLike, out_dir: str | os.PathLike, num: int = 16, seed: int = 0) -> list[Path]:
+    """Writes ``num`` randomly chosen samples as image files plus a ``labels.tsv`` (``filename<TAB>label``).
+
+    The inverse of ``tools/create_lmdb.py tsv``: images keep their stored bytes; the file extension follows the
+    image format. Unreadable samples are skipped. Returns the written image paths.
+    """
+    path, out_dir = Path(path), Path(out_dir)
+    _require_lmdb_dir(path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written, lines = [], []
+    with shared_readonly_env(path).begin() as txn:
+        total = read_num_samples(txn, path)
+        for index in sorted(random.Random(seed).sample(range(1, total + 1), min(num, total))):
+            problems: list[str] = []
+            label = _check_label(txn.get(label_key(index)), problems)
+            raw = txn.get(image_key(index))
+            if label is None or _check_image(raw, True, problems) is None:
+                continue
+            with Image.open(io.BytesIO(raw)) as image:
+                extension = (image.format or 'png').lower().replace('jpeg', 'jpg')
+            target = out_dir / f'{path.name}_{index:09d}.{extension}'
+            target.write_bytes(raw)
+            written.append(target)
+            lines.append(f'{target.name}\t{label}\n')
+    (out_dir / 'labels.tsv').write_text(''.join(lines), encoding='utf-8')
+    return written

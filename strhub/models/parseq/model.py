@@ -1,0 +1,544 @@
+"""PARSeq: permuted autoregressive sequence model (Bautista & Atienza, ECCV 2022).
+
+A ViT encoder turns the image into a sequence of patch features (the *memory*). A two-stream transformer decoder
+predicts characters: the *query* stream carries position queries that ask "which character is at position i?",
+the *content* stream carries the embedded context characters. Attention masks over the content decide which
+context each query sees, so one set of weights serves autoregressive (left-to-right context), non-autoregressive
+(no context) and cloze (all other characters as context, used for iterative refinement) decoding.
+
+Parameter names and shapes follow the published strhub release files, so those load with ``strict=True``.
+
+Masks passed to :meth:`PARSeq.decode` are boolean with ``True`` marking a key a query must NOT attend to
+(the ``nn.MultiheadAttention`` convention); attention itself runs through ``F.scaled_dot_product_attention``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from timm.layers import PatchEmbed
+from timm.models.vision_transformer import Block
+from torch import Tensor, nn
+
+# Per decoder layer, the (keys, values) of a sequence, each (N, num_heads, S, head_dim).
+LayerKeyValues = list[tuple[Tensor, Tensor]]
+
+
+class ViTEncoder(nn.Module):
+    """Plain ViT without a class token: patch embedding + learned position embedding, pre-LN blocks, final norm.
+
+    Args:
+        img_size: (height, width) of the input.
+        patch_size: (height, width) of a patch; must divide ``img_size``.
+    """
+
+    def __init__(
+        self,
+        img_size: Sequence[int],
+        patch_size: Sequence[int],
+        embed_dim: int,
+        depth: int,
+        num_heads: int,
+        mlp_ratio: float,
+    ) -> None:
+        super().__init__()
+        img_size, patch_size = tuple(img_size), tuple(patch_size)
+        if len(img_size) != 2 or len(patch_size) != 2:
+            raise ValueError(f'img_size {img_size} and patch_size {patch_size} must both be (height, width)')
+        if any(i % p for i, p in zip(img_size, patch_size, strict=True)):
+            raise ValueError(
+                f'img_size {img_size} is not a multiple of patch_size {patch_size}; '
+                'pick a patch size that divides the image height and width'
+            )
+        self.img_size = img_size
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans=3, embed_dim=embed_dim)
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, embed_dim))
+        # eps=1e-6 is the ViT convention the published weights were trained with.
+        norm_layer = partial(nn.LayerNorm, eps=1e-6)
+        self.blocks = nn.Sequential(
+            *(Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer) for _ in range(depth))
+        )
+        self.norm = norm_layer(embed_dim)
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        for module in self.blocks.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """(N, 3, H, W) images -> (N, num_patches, embed_dim) features."""
+        x = self.patch_embed(images) + self.pos_embed
+        return self.norm(self.blocks(x))
+
+
+class TokenEmbedding(nn.Module):
+    """Token embedding scaled by sqrt(embed_dim), as in the original transformer."""
+
+    def __init__(self, num_tokens: int, embed_dim: int) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(num_tokens, embed_dim)
+        self.scale = math.sqrt(embed_dim)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        """(N, L) ids -> (N, L, embed_dim)."""
+        return self.scale * self.embedding(tokens)
+
+
+class MultiheadAttention(nn.Module):
+    """Multi-head attention with ``nn.MultiheadAttention``'s parameters, split into projection and attention steps
+    so that keys and values can be projected once and reused (image memory, decoding cache)."""
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float) -> None:
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f'embed_dim {embed_dim} is not divisible by num_heads {num_heads}')
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * embed_dim))
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+        nn.init.xavier_uniform_(self.in_proj_weight)
+
+    def project_query(self, x: Tensor) -> Tensor:
+        """(N, L, D) -> (N, num_heads, L, head_dim)."""
+        d = self.embed_dim
+        q = F.linear(x, self.in_proj_weight[:d], self.in_proj_bias[:d])
+        return q.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
+
+    def project_key_value(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(N, S, D) -> keys and values, each (N, num_heads, S, head_dim)."""
+        d = self.embed_dim
+        kv = F.linear(x, self.in_proj_weight[d:], self.in_proj_bias[d:])
+        k, v = kv.unflatten(-1, (2, self.num_heads, -1)).permute(2, 0, 3, 1, 4)
+        return k, v
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None = None) -> Tensor:
+        """Projected q (N, H, L, d_h), k and v (N, H, S, d_h) -> (N, L, D) output.
+
+        ``allowed``: boolean, broadcastable to (N, H, L, S), True where a query may attend to a key.
+        """
+        dropout = self.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)
+        return self.out_proj(out.transpose(1, 2).flatten(2))
+
+
+class DecoderLayer(nn.Module):
+    """Pre-LN transformer decoder layer for two-stream attention (XLNet style).
+
+    Both streams attend to the same normalised content (self-attention) and to the image memory (cross-attention);
+    they differ in what they carry (position queries vs. context characters) and in their masks.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, mlp_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.self_attn = MultiheadAttention(embed_dim, num_heads, dropout)
+        self.cross_attn = MultiheadAttention(embed_dim, num_heads, dropout)
+        self.linear1 = nn.Linear(embed_dim, mlp_dim)
+        self.linear2 = nn.Linear(mlp_dim, embed_dim)
+        self.norm1 = nn.LayerNorm(embed_dim)
+        self.norm2 = nn.LayerNorm(embed_dim)
+        self.norm_q = nn.LayerNorm(embed_dim)
+        self.norm_c = nn.LayerNorm(embed_dim)
+        self.dropout = dropout
+
+    def _drop(self, x: Tensor) -> Tensor:
+        # Functional dropout: a module call per use is measurable overhead in single-image decoding.
+        return F.dropout(x, self.dropout, self.training)
+
+    def forward_stream(
+        self,
+        x: Tensor,
+        self_query: Tensor,
+        content_kv: tuple[Tensor, Tensor],
+        memory_kv: tuple[Tensor, Tensor],
+        allowed: Tensor | None,
+    ) -> Tensor:
+        """One stream through the layer.
+
+        Args:
+            x: (N, L, D) stream input.
+            self_query: (N, H, L, d_h) its self-attention queries, ``self_attn.project_query`` of the stream's
+                normalised input (``norm_q`` for the query stream, ``norm_c`` for the content stream); projected by
+                the caller, which can share or precompute them.
+            content_kv: self-attention keys and values of the normalised content, (N, H, S, d_h) each.
+            memory_kv: cross-attention keys and values of the image memory, (N, H, S_mem, d_h) each.
+            allowed: self-attention mask, True where a query may attend (see :meth:`MultiheadAttention.attend`).
+
+        Returns:
+            (N, L, D).
+        """
+        x = x + self._drop(self.self_attn.attend(self_query, *content_kv, allowed))
+        q = self.cross_attn.project_query(self.norm1(x))
+        x = x + self._drop(self.cross_attn.attend(q, *memory_kv))
+        hidden = self._drop(F.gelu(self.linear1(self.norm2(x))))
+        return x + self._drop(self.linear2(hidden))
+
+
+class Decoder(nn.Module):
+    """A stack of two-stream layers; the last layer only updates the query stream (its content output is unused)."""
+
+    def __init__(self, embed_dim: int, num_heads: int, mlp_dim: int, depth: int, dropout: float) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(DecoderLayer(embed_dim, num_heads, mlp_dim, dropout) for _ in range(depth))
+        self.norm = nn.LayerNorm(embed_dim)
+
+    def project_memory(self, memory: Tensor) -> LayerKeyValues:
+        """(N, S, D) image memory -> per layer, its cross-attention keys and values."""
+        return [layer.cross_attn.project_key_value(memory) for layer in self.layers]
+
+    def forward(
+        self,
+        query: Tensor,
+        content: Tensor,
+        memory_kv: LayerKeyValues,
+        query_allowed: Tensor | None,
+        content_allowed: Tensor | None,
+    ) -> Tensor:
+        """(N, L_q, D) queries attending to (N, L_c, D) content -> (N, L_q, D) normalised query outputs."""
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            content_norm = layer.norm_c(content)
+            content_kv = layer.self_attn.project_key_value(content_norm)
+            query_q = layer.self_attn.project_query(layer.norm_q(query))
+            next_query = layer.forward_stream(query, query_q, content_kv, memory_kv[i], query_allowed)
+            if i < last:
+                content_q = layer.self_attn.project_query(content_norm)
+                content = layer.forward_stream(content, content_q, content_kv, memory_kv[i], content_allowed)
+            query = next_query
+        return self.norm(query)
+
+    def project_first_queries(self, query: Tensor) -> Tensor:
+        """(N, L, D) query-stream input -> (N, H, L, d_h) first-layer self-attention queries. The query stream starts
+        from position queries that do not depend on the image, so cached decoding projects them once for all steps."""
+        first = self.layers[0]
+        return first.self_attn.project_query(first.norm_q(query))
+
+    def new_cache(self, batch_size: int, max_steps: int, like: Tensor) -> LayerKeyValues:
+        """Empty per-layer content key/value buffers, (N, H, max_steps, d_h) each, for :meth:`forward_step`."""
+        cache = []
+        for layer in self.layers:
+            attn = layer.self_attn
+            shape = (batch_size, attn.num_heads, max_steps, attn.embed_dim // attn.num_heads)
+            cache.append((like.new_empty(shape), like.new_empty(shape)))
+        return cache
+
+    def forward_step(
+        self,
+        query: Tensor,
+        first_self_query: Tensor,
+        content: Tensor,
+        memory_kv: LayerKeyValues,
+        cache: LayerKeyValues,
+        position: int,
+    ) -> Tensor:
+        """One left-to-right decoding step with cached content keys/values.
+
+        With left-to-right context, position i of either stream sees content 0..i only, so earlier positions never
+        change once computed: only the new position runs through the layers and its content keys/values are written
+        into ``cache`` in place. Training uses :meth:`PARSeq.decode` (teacher forcing) instead.
+
+        Args:
+            query: (N, 1, D) query for ``position``.
+            first_self_query: (N, H, 1, d_h) its first-layer self-attention query (:meth:`project_first_queries`).
+            content: (N, 1, D) embedded context token at ``position``.
+            cache: buffers from :meth:`new_cache`, filled for positions < ``position``.
+
+        Returns:
+            (N, 1, D) normalised query output.
+        """
+        last = len(self.layers) - 1
+        end = position + 1
+        query_q = first_self_query
+        for i, layer in enumerate(self.layers):
+            content_norm = layer.norm_c(content)
+            k, v = layer.self_attn.project_key_value(content_norm)
+            keys, values = cache[i]
+            keys[:, :, position:end] = k
+            values[:, :, position:end] = v
+            content_kv = keys[:, :, :end], values[:, :, :end]
+            if i > 0:
+                query_q = layer.self_attn.project_query(layer.norm_q(query))
+            if i == last:
+                query = layer.forward_stream(query, query_q, content_kv, memory_kv[i], None)
+            else:
+                # Both streams see exactly content 0..position here, so one pass serves both.
+                both_q = torch.cat([query_q, layer.self_attn.project_query(content_norm)], dim=2)
+                both = layer.forward_stream(torch.cat([query, content], dim=1), both_q, content_kv, memory_kv[i], None)
+                query, content = both.split(1, dim=1)
+        return self.norm(query)
+
+
+def _allowed_keys(blocked: Tensor | None, padding: Tensor | None) -> Tensor | None:
+    """Merges a blocked-key mask, (L, S) or (N, L, S), and a key padding mask (N, S), both True where attention is
+    forbidden, into the boolean 'may attend' mask of ``F.scaled_dot_product_attention``: (N or 1, 1, L, S)."""
+    for name, mask in (('attention mask', blocked), ('padding mask', padding)):
+        if mask is not None and mask.dtype != torch.bool:
+            raise TypeError(
+                f'{name} must be a bool tensor (True = do not attend), got {mask.dtype}; '
+                'convert an additive -inf mask with `mask == float("-inf")`'
+            )
+    if blocked is not None:
+        blocked = (blocked if blocked.dim() == 3 else blocked.unsqueeze(0)).unsqueeze(1)
+    if padding is not None:
+        padding = padding[:, None, None, :]
+        blocked = padding if blocked is None else blocked | padding
+    return None if blocked is None else ~blocked
+
+
+class PARSeq(nn.Module):
+    """The PARSeq network.
+
+    Args:
+        num_tokens: size of the tokenizer vocabulary, ``len(CharTokenizer(charset))`` = len(charset) + 3. The head
+            predicts the first ``num_tokens - 2`` ids (EOS and the charset; never BOS or padding).
+        max_label_length: longest label the model decodes (one more position is decoded for EOS).
+        img_size, patch_size: (height, width) of the input image and of a ViT patch.
+        decode_ar: autoregressive decoding (else one non-autoregressive pass); may be flipped at test time.
+        refine_iters: cloze refinement passes after the initial decoding; may be changed at test time.
+        use_cache: decode autoregressively with cached keys/values (same outputs, faster); False runs the
+            reference algorithm that re-runs the decoder on the whole prefix at each step.
+        bos_id, eos_id, pad_id: special token ids; by default the :class:`CharTokenizer` layout
+            (EOS = 0, BOS = num_tokens - 2, padding = num_tokens - 1).
+    """
+
+    # Steps between checks that every sequence has ended (early stop when decoding without max_length). On an
+    # accelerator the check is a host sync, so it runs every few steps (wasting at most that many steps); on the CPU it
+    # is free and runs every step. None picks by device; the output is the same either way.
+    eos_check_interval: int | None = None
+    accelerator_eos_check_interval = 4
+
+    def __init__(
+        self,
+        num_tokens: int,
+        max_label_length: int,
+        img_size: Sequence[int] = (32, 128),
+        patch_size: Sequence[int] = (4, 8),
+        embed_dim: int = 384,
+        enc_num_heads: int = 6,
+        enc_mlp_ratio: int = 4,
+        enc_depth: int = 12,
+        dec_num_heads: int = 12,
+        dec_mlp_ratio: int = 4,
+        dec_depth: int = 1,
+        dropout: float = 0.1,
+        decode_ar: bool = True,
+        refine_iters: int = 1,
+        bos_id: int | None = None,
+        eos_id: int = 0,
+        pad_id: int | None = None,
+        use_cache: bool = True,
+    ) -> None:
+        super().__init__()
+        if num_tokens < 3:
+            raise ValueError(f'num_tokens={num_tokens} leaves no characters; pass len(CharTokenizer(charset))')
+        if max_label_length < 1:
+            raise ValueError(f'max_label_length must be >= 1, got {max_label_length}')
+        if refine_iters < 0:
+            raise ValueError(f'refine_iters must be >= 0, got {refine_iters}')
+        self.num_tokens = num_tokens
+        self.max_label_length = max_label_length
+        self.bos_id = num_tokens - 2 if bos_id is None else bos_id
+        self.eos_id = eos_id
+        self.pad_id = num_tokens - 1 if pad_id is None else pad_id
+        self.decode_ar = decode_ar
+        self.refine_iters = refine_iters
+        self.use_cache = use_cache
+
+        self.encoder = ViTEncoder(img_size, patch_size, embed_dim, enc_depth, enc_num_heads, enc_mlp_ratio)
+        self.decoder = Decoder(embed_dim, dec_num_heads, embed_dim * dec_mlp_ratio, dec_depth, dropout)
+        self.head = nn.Linear(embed_dim, num_tokens - 2)
+        self.text_embed = TokenEmbedding(num_tokens, embed_dim)
+        # One query per character position plus one for EOS.
+        self.pos_queries = nn.Parameter(torch.empty(1, max_label_length + 1, embed_dim))
+        self.dropout = dropout
+        self._init_decoder_weights()
+
+    def _init_decoder_weights(self) -> None:
+        for name, module in self.named_modules():
+            if name.startswith('encoder'):
+                continue  # the encoder has its own ViT initialisation
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+        nn.init.trunc_normal_(self.pos_queries, std=0.02)
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of parameters that should not be weight-decayed (embeddings and positional parameters)."""
+        return {'text_embed.embedding.weight', 'pos_queries', 'encoder.pos_embed'}
+
+    def encode(self, images: Tensor) -> Tensor:
+        """(N, 3, H, W) images -> (N, S, D) image memory."""
+        expected = self.encoder.img_size
+        if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != expected:
+            raise ValueError(
+                f'expected images of shape (N, 3, {expected[0]}, {expected[1]}), got '
+                f"{tuple(images.shape)}; resize them with the model's preprocessing preset"
+            )
+        return self.encoder(images)
+
+    def project_memory(self, memory: Tensor) -> LayerKeyValues:
+        """(N, S, D) memory -> its per-layer cross-attention keys/values, to reuse over several :meth:`decode`
+        calls on the same images."""
+        return self.decoder.project_memory(memory)
+
+    def decode(
+        self,
+        tgt: Tensor,
+        memory: Tensor | LayerKeyValues,
+        tgt_mask: Tensor | None = None,
+        tgt_padding_mask: Tensor | None = None,
+        tgt_query: Tensor | None = None,
+        tgt_query_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Teacher-forced two-stream decoding under arbitrary attention masks.
+
+        Args:
+            tgt: (N, L) context ids, starting with BOS (BOS stands for the empty context).
+            memory: (N, S, D) image memory, or its projection from :meth:`project_memory`.
+            tgt_mask: content-stream mask, (L, L) or (N, L, L), True = may not attend.
+            tgt_padding_mask: (N, L), True for context positions nobody may attend to (padding).
+            tgt_query: (N, L_q, D) position queries; default: the first L position queries.
+            tgt_query_mask: query-stream mask, (L_q, L) or (N, L_q, L), True = may not attend.
+
+        Returns:
+            (N, L_q, D) decoder output for the queries (apply ``self.head`` for logits).
+        """
+        memory_kv = self.project_memory(memory) if isinstance(memory, Tensor) else memory
+        n, length = tgt.shape
+        content = self._embed_context(tgt)
+        if tgt_query is None:
+            tgt_query = self.pos_queries[:, :length].expand(n, -1, -1)
+        query = F.dropout(tgt_query, self.dropout, self.training)
+        query_allowed = _allowed_keys(tgt_query_mask, tgt_padding_mask)
+        content_allowed = _allowed_keys(tgt_mask, tgt_padding_mask)
+        return self.decoder(query, content, memory_kv, query_allowed, content_allowed)
+
+    def _embed_context(self, tgt: Tensor) -> Tensor:
+        """(N, L) context ids -> (N, L, D). Context token j (j >= 1) is the character at position j - 1, so it gets
+        that position's query as its position embedding; BOS gets none."""
+        bos = self.text_embed(tgt[:, :1])
+        chars = self.pos_queries[:, : tgt.shape[1] - 1] + self.text_embed(tgt[:, 1:])
+        return F.dropout(torch.cat([bos, chars], dim=1), self.dropout, self.training)
+
+    def forward(self, images: Tensor, max_length: int | None = None) -> Tensor:
+        """(N, 3, H, W) images -> (N, L, num_tokens - 2) logits; see :meth:`decode_memory` for L."""
+        return self.decode_memory(self.encode(images), max_length)
+
+    def decode_memory(self, memory: Tensor, max_length: int | None = None) -> Tensor:
+        """Greedy decoding of encoded images with the current ``decode_ar`` / ``refine_iters`` settings.
+
+        Args:
+            memory: (N, S, D) from :meth:`encode`.
+            max_length: longest label to decode (clipped to ``max_label_length``); None decodes up to
+                ``max_label_length`` and stops as soon as every sequence has produced EOS.
+
+        Returns:
+            (N, L, num_tokens - 2) logits. L = max_length + 1, except after an early stop (``max_length`` None,
+            autoregressive, no refinement): then L is one past the last sequence's first EOS, exactly as the
+            reference implementation returns. Refinement always returns all max_length + 1 positions. Logits after
+            a sequence's first EOS are computed from whatever was decoded there; they carry no meaning.
+        """
+        stop_early = max_length is None
+        max_length = self.max_label_length if max_length is None else min(max_length, self.max_label_length)
+        if max_length < 0:
+            raise ValueError(f'max_length must be >= 0, got {max_length}')
+        num_steps = max_length + 1
+        memory_kv = self.project_memory(memory) if self.use_cache else None
+        if self.decode_ar and self.use_cache:
+            logits = self._decode_ar_cached(memory, memory_kv, num_steps, stop_early)
+        elif self.decode_ar:
+            logits = self._decode_ar_recompute(memory, num_steps, stop_early)
+        else:
+            bos = torch.full((memory.shape[0], 1), self.bos_id, dtype=torch.long, device=memory.device)
+            query = self.pos_queries[:, :num_steps].expand(memory.shape[0], -1, -1)
+            logits = self.head(self.decode(bos, memory if memory_kv is None else memory_kv, tgt_query=query))
+        for _ in range(self.refine_iters):
+            logits = self._refine(logits, memory if memory_kv is None else memory_kv, num_steps)
+        return logits
+
+    def _decode_ar_recompute(self, memory: Tensor, num_steps: int, stop_early: bool) -> Tensor:
+        """The reference algorithm: step i re-runs the decoder on the whole prefix (and re-projects the memory)."""
+        n = memory.shape[0]
+        causal = torch.ones(num_steps, num_steps, dtype=torch.bool, device=memory.device).triu(1)
+        tgt = torch.full((n, num_steps), self.pad_id, dtype=torch.long, device=memory.device)
+        tgt[:, 0] = self.bos_id
+        logits = []
+        for i in range(num_steps):
+            j = i + 1
+            query = self.pos_queries[:, i:j].expand(n, -1, -1)
+            out = self.decode(tgt[:, :j], memory, causal[:j, :j], tgt_query=query, tgt_query_mask=causal[i:j, :j])
+            logits.append(self.head(out))
+            if j < num_steps:
+                tgt[:, j] = logits[-1][:, 0].argmax(-1)
+                if stop_early and (tgt == self.eos_id).any(-1).all():
+                    break
+        return torch.cat(logits, dim=1)
+
+    def _decode_ar_cached(self, memory: Tensor, memory_kv: LayerKeyValues, num_steps: int, stop_early: bool) -> Tensor:
+        """Left-to-right greedy decoding that computes one new position per step (see :meth:`Decoder.forward_step`)."""
+        n = memory.shape[0]
+        cache = self.decoder.new_cache(n, num_steps, memory)
+        logits = memory.new_empty(n, num_steps, self.head.out_features)
+        token = torch.full((n, 1), self.bos_id, dtype=torch.long, device=memory.device)
+        ended = torch.zeros(n, dtype=torch.bool, device=memory.device)
+        check_every = self.eos_check_interval or (
+            1 if memory.device.type == 'cpu' else self.accelerator_eos_check_interval
+        )
+        queries = F.dropout(self.pos_queries[:, :num_steps], self.dropout, self.training)
+        first_self_queries = self.decoder.project_first_queries(queries).expand(n, -1, -1, -1)
+        queries = queries.expand(n, -1, -1)
+        for i in range(num_steps):
+            content = self.text_embed(token)
+            if i > 0:
+                content = content + self.pos_queries[:, i - 1 : i]
+            content = F.dropout(content, self.dropout, self.training)
+            out = self.decoder.forward_step(
+                queries[:, i : i + 1], first_self_queries[:, :, i : i + 1], content, memory_kv, cache, i
+            )
+            logits[:, i : i + 1] = self.head(out)
+            if i + 1 < num_steps:
+                token = logits[:, i : i + 1].argmax(-1)
+                if stop_early:
+                    ended |= token[:, 0] == self.eos_id
+                    if (i + 1) % check_every == 0 and ended.all():
+                        return self._cut_after_last_eos(logits[:, : i + 1])
+        return logits
+
+    def _cut_after_last_eos(self, logits: Tensor) -> Tensor:
+        """(N, L, C) logits in which every row has an EOS -> (N, L', C), L' = 1 + the latest first-EOS position:
+        the length at which the reference's per-step check would have stopped."""
+        is_eos = logits.argmax(-1) == self.eos_id
+        first_eos = is_eos.to(torch.uint8).argmax(1)
+        return logits[:, : int(first_eos.max()) + 1]
+
+    def _refine(self, logits: Tensor, memory: Tensor | LayerKeyValues, num_steps: int) -> Tensor:
+        """One cloze pass: every position sees all predicted characters but its own, up to the first EOS.
+
+        The content stream (used by all decoder layers but the last) gets the same cloze mask rather than a causal
+        one, as in the reference implementation (it edits one mask tensor shared by both streams; its outputs for
+        2-layer decoders depend on this). Decoders of one layer, like the published ones, have no content stream.
+
+        Args:
+            logits: (N, L, C) previous prediction, L <= num_steps.
+
+        Returns:
+            (N, num_steps, C).
+        """
+        n, length = logits.shape[:2]
+        device = logits.device
+        bos = torch.full((n, 1), self.bos_id, dtype=torch.long, device=device)
+        tgt = torch.cat([bos, logits[:, :-1].argmax(-1)], dim=1)
+        # Context from the first EOS on is not part of the prediction.
+        padding = (tgt == self.eos_id).cumsum(-1) > 0
+        # Query i predicts the character at context position i + 1, so that is the one key it may not see.
+        rows = torch.arange(num_steps, device=device)[:, None]
+        cloze = torch.arange(length, device=device)[None, :] == rows + 1
+        query = self.pos_queries[:, :num_steps].expand(n, -1, -1)
+        return self.head(self.decode(tgt, memory, cloze[:length], padding, query, cloze))
