@@ -16,8 +16,20 @@ $(VENV)/.installed: $(REQS) pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
+# The main job end to end on data it renders itself: generate -> train -> test -> bench -> read.
+DEMO_RUN ?= outputs/demo
+DEMO_STEPS ?= 1200
 demo: venv
-	$(PY) -m strhub.demo --root $(DEMO_DIR)
+	$(PY) tools/synth.py --out $(DEMO_DIR)/train/generated --num 20000 --charset 36_lowercase --workers 2 --seed 0 --overwrite
+	$(PY) tools/synth.py --out $(DEMO_DIR)/val/generated --num 500 --charset 36_lowercase --workers 2 --seed 1 --overwrite
+	$(PY) tools/synth.py --out $(DEMO_DIR)/test/generated --num 1000 --charset 36_lowercase --workers 2 --seed 2 --overwrite
+	rm -rf $(DEMO_RUN)
+	$(PY) train.py +experiment=parseq-demo data.root_dir=$(DEMO_DIR) trainer.max_steps=$(DEMO_STEPS) hydra.run.dir=$(DEMO_RUN)
+	$(PY) test.py $(DEMO_RUN)/checkpoints/last.ckpt --test_dirs $(DEMO_DIR)/test --errors $(DEMO_RUN)/errors.tsv
+	$(PY) bench.py +experiment=parseq-demo device=auto 'batch_sizes=[1,32]' min_run_time=0.5
+	$(PY) tools/check_lmdb.py $(DEMO_DIR)/test/generated --export $(DEMO_RUN)/images --num 6 > /dev/null
+	$(PY) read.py $(DEMO_RUN)/checkpoints/last.ckpt --images $(DEMO_RUN)/images/*.jpg
+	@echo "demo done: run in $(DEMO_RUN); the true labels of the images read above are in $(DEMO_RUN)/images/labels.tsv"
 
 test: venv
 	$(PY) -m pytest -q tests
@@ -31,7 +43,7 @@ format: venv
 	$(VENV)/bin/ruff check --fix strhub tests tools *.py
 
 bench: venv
-	$(PY) bench.py model=parseq-tiny
+	$(PY) bench.py +experiment=parseq-tiny
 
 # Re-pin every layer from its *.in file (needs the package index).
 reqs:

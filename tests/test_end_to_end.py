@@ -10,9 +10,10 @@ import sys
 import pytest
 import torch
 from hydra.errors import ConfigCompositionException, MissingConfigException
+from omegaconf import OmegaConf
 
 from strhub.config import compose_config
-from strhub.models.loading import load
+from strhub.models.loading import build_system, load
 from strhub.training import train
 from tests.conftest import REPO_ROOT, TINY_PARSEQ
 
@@ -144,6 +145,12 @@ def test_bad_inputs_fail_clearly(tmp_path, word_data):
         load(tmp_path / 'missing.ckpt')
     with pytest.raises((MissingConfigException, ConfigCompositionException), match='nope'):
         compose_config(['+experiment=nope'])
+    with pytest.raises(MissingConfigException, match='(?s)charset/bogus.*Available options.*36_lowercase'):
+        compose_config(['charset=bogus'])
+    for override, key in [('+model.arch.bogus=1', 'model.arch'), ('+model.bogus=1', 'model config')]:
+        cfg = compose_config(TINY_PARSEQ + [override])
+        with pytest.raises(ValueError, match=rf"unknown {key} key\(s\) \['bogus'\].*valid keys: .*embed_dim|lr"):
+            build_system(OmegaConf.to_container(cfg.model, resolve=True))
     with pytest.raises(ValueError, match='unknown normalization'):
         cfg = compose_config(
             TINY_PARSEQ + ['model.preprocess.normalization=bogus', f'data.root_dir={word_data}', 'dataset=generated']
@@ -151,10 +158,6 @@ def test_bad_inputs_fail_clearly(tmp_path, word_data):
         train(cfg, tmp_path / 'run')
     with pytest.raises(FileNotFoundError, match='charset file'):
         compose_and_build = compose_config(TINY_PARSEQ + ['charset=file', 'charset_file=/nonexistent/chars.txt'])
-        from omegaconf import OmegaConf
-
-        from strhub.models.loading import build_system
-
         build_system(OmegaConf.to_container(compose_and_build.model, resolve=True))
     with pytest.raises(ValueError, match='bad model option'):
         run_script('read', ['x.ckpt', '--images', 'a.png', 'refine_iters=2'])

@@ -8,6 +8,7 @@ models, its own validation loss).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from abc import abstractmethod
@@ -34,6 +35,24 @@ OPTIMIZERS = {
 }
 SCHEDULERS = ('onecycle', 'cosine_warm_restarts', 'cosine', 'constant')
 SYSTEM_KEY = 'strhub_system'  # checkpoint entry naming the system class that rebuilds the model
+
+
+def check_kwargs(target: type, kwargs: Mapping[str, Any], what: str) -> None:
+    """Raises a ValueError listing the valid names when ``kwargs`` has a key ``target.__init__`` does not take.
+
+    Walks the MRO for classes whose ``__init__`` forwards ``**kwargs`` to their parent.
+    """
+    valid: set[str] = set()
+    for cls in target.__mro__:
+        if '__init__' not in vars(cls) or cls in (nn.Module, pl.LightningModule, object):
+            continue
+        params = inspect.signature(cls.__init__).parameters
+        valid |= {n for n, p in params.items() if n != 'self' and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+            break
+    unknown = sorted(set(kwargs) - valid)
+    if unknown:
+        raise ValueError(f'unknown {what} key(s) {unknown} for {target.__name__}; valid keys: {sorted(valid)}')
 
 
 def scaled_lr(base_lr: float, batch_size: int, devices: int = 1, accumulate: int = 1) -> float:

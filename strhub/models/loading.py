@@ -15,7 +15,7 @@ from torch import nn
 
 from strhub.config import model_config
 from strhub.models import registry
-from strhub.models.base import SYSTEM_KEY, BaseSystem
+from strhub.models.base import SYSTEM_KEY, BaseSystem, check_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,9 @@ def build_system(model_cfg: Mapping[str, Any]) -> BaseSystem:
     target = cfg.pop('_target_', None)
     if target is None:
         raise ValueError('model config has no _target_ (the system class); compose it with model=<name>')
-    return registry.system_class(target)(**cfg)
+    cls = registry.system_class(target)
+    check_kwargs(cls, cfg, 'model config')
+    return cls(**cfg)
 
 
 def download(url: str, check_hash: bool = True) -> Path:

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import Tensor
 
-from strhub.models.base import CrossEntropySystem
+from strhub.models.base import CrossEntropySystem, check_kwargs
 from strhub.models.parseq.model import PARSeq
 from strhub.models.parseq.permutation import plm_loss
 from strhub.models.registry import StateDict, register_importer, register_system
@@ -36,6 +36,7 @@ class PARSeqSystem(CrossEntropySystem):
         **kwargs: Any,
     ) -> None:
         super().__init__(img_size=img_size, max_label_length=max_label_length, **kwargs)
+        check_kwargs(PARSeq, arch, 'model.arch')
         tok = self.tokenizer
         self.model = PARSeq(
             num_tokens=len(tok),
