@@ -221,3 +221,23 @@ def test_preprocess_lookup_table_equals_arithmetic(normalization):
     out = pre(img)
     assert out.is_contiguous() and out.dtype == torch.float32
     torch.testing.assert_close(out, (resized - mean) / std, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize('name', ['iiit5k_train', 'svt_train', 'ic15_train'])
+def test_real_crops_folder_to_lmdb_to_dataset(shared_dir, tmp_path, name):
+    """Every real crop set goes folder -> LMDB -> LmdbDataset with labels intact and images decodable."""
+    from strhub.data.create import create_lmdb, read_tsv_annotations
+
+    source = shared_dir / 'data' / 'real' / name
+    expected = [line.split('\t', 1)[1] for line in (source / 'labels.tsv').read_text(encoding='utf-8').splitlines()]
+    summary = create_lmdb(read_tsv_annotations(source / 'labels.tsv', source / 'images'), tmp_path / name)
+    assert summary.written == len(expected)
+    raw = LmdbDataset(tmp_path / name, label_filter=None, cache_dir=None)
+    assert raw.labels == expected  # stored exactly as annotated
+    filtered = LmdbDataset(tmp_path / name, LabelFilter(FULL), transform=Preprocess((32, 128)), cache_dir=None)
+    label_filter = LabelFilter(FULL)
+    assert filtered.labels == [y for y in (label_filter(x)[0] for x in expected) if y is not None]
+    for i in range(0, len(filtered), max(1, len(filtered) // 50)):
+        image, label = filtered[i]
+        assert image.shape == (3, 32, 128) and -1 <= image.min() and image.max() <= 1 and label
+    assert filtered.num_skipped == len(expected) - len(filtered)

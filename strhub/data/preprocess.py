@@ -69,10 +69,8 @@ class Preprocess:
         self._shift = -mean_t / std_t
         # uint8 -> normalised float32 by table look-up: one pass, no intermediate tensors (the cheapest per-sample
         # path on a CPU data worker). Row c holds channel c's 256 values.
-        self._lut = (
-            np.arange(256, dtype=np.float64)[None, :] * self._scale.view(-1, 1).double().numpy()
-            + self._shift.view(-1, 1).double().numpy()
-        ).astype(np.float32)
+        values = np.arange(256, dtype=np.float64)[None, :] / 255.0
+        self._lut = ((values - np.array(mean)[:, None]) / np.array(std)[:, None]).astype(np.float32)
         self._uniform = bool(np.all(self._lut == self._lut[:1]))
         self._resample = getattr(Image.Resampling, self.interpolation.upper())
 
