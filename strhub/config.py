@@ -30,11 +30,15 @@ def model_names() -> list[str]:
 
 
 def overrides_for_model(name: str) -> list[str]:
-    """The config overrides that select model configuration ``name``."""
-    if name in _names('model'):
-        return [f'model={name}']
+    """The config overrides that select model configuration ``name``.
+
+    An experiment of the same name as a model config wins: it is the published recipe (e.g. ``vitstr`` at 32x128
+    with 4x8 patches over the 224x224 base model config).
+    """
     if name in _names('experiment'):
         return [f'+experiment={name}']
+    if name in _names('model'):
+        return [f'model={name}']
     raise KeyError(f'unknown model {name!r}; valid names: {model_names()}')
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ def resolve_resume_path(ckpt_path: str | None) -> str | None:
     return str(path)
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, **extra: Any) -> pl.Trainer:
+def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = (), **extra: Any) -> pl.Trainer:
     trainer_cfg: dict[str, Any] = OmegaConf.to_container(cfg.trainer, resolve=True)
     trainer_cfg['precision'] = resolve_precision(trainer_cfg.get('precision'), trainer_cfg.get('accelerator', 'auto'))
     # No '=' in file names: Hydra's override grammar would need quoting for ckpt_path=<file>.
@@ -57,16 +58,17 @@ def build_trainer(cfg: DictConfig, run_dir: Path, **extra: Any) -> pl.Trainer:
         auto_insert_metric_name=False,
         filename='epoch{epoch}-step{step}-acc{val_accuracy:.4f}-ned{val_NED:.4f}',
     )
-    callbacks = [checkpoint, LearningRateMonitor(logging_interval='step')]
+    callbacks = [checkpoint, LearningRateMonitor(logging_interval='step'), *callbacks]
     logger = TensorBoardLogger(str(run_dir), name='', version='', default_hp_metric=False)
     return pl.Trainer(**trainer_cfg, callbacks=callbacks, logger=logger, default_root_dir=str(run_dir), **extra)
 
 
-def train(cfg: DictConfig, run_dir: str | Path) -> tuple[BaseSystem, pl.Trainer]:
+def train(cfg: DictConfig, run_dir: str | Path, callbacks: Sequence[pl.Callback] = ()) -> tuple[BaseSystem, pl.Trainer]:
     """Trains the model described by ``cfg`` and writes checkpoints and logs under ``run_dir``.
 
     ``cfg.ckpt_path`` resumes an interrupted run exactly (weights, optimiser, scheduler, step);
     ``cfg.pretrained`` starts from other weights (a path, URL or pretrained name) with a fresh schedule.
+    ``callbacks`` are added to the trainer's own (checkpointing, LR monitor).
     """
     run_dir = Path(run_dir)
     pl.seed_everything(cfg.seed, workers=True)
@@ -76,7 +78,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> tuple[BaseSystem, pl.Trainer]
         load_pretrained_weights(system, cfg.pretrained)
     log.info('%s: %.2fM parameters', cfg.model.name, count_parameters(system.model) / 1e6)
     datamodule = SceneTextDataModule(**OmegaConf.to_container(cfg.data, resolve=True))
-    trainer = build_trainer(cfg, run_dir)
+    trainer = build_trainer(cfg, run_dir, callbacks)
     trainer.fit(system, datamodule=datamodule, ckpt_path=resume)
     # last.ckpt is otherwise written only after a validation; make it hold the final step too.
     if not trainer.interrupted:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -81,3 +82,53 @@ def word_data(tmp_path_factory) -> Path:
     make_word_lmdb(root / 'val' / 'generated', 16, seed=1)
     make_word_lmdb(root / 'test' / 'IIIT5k', 16, seed=2)
     return root
+
+
+def read_layout(path: Path) -> dict[str, tuple[int, ...]]:
+    """A ``key<TAB>shape`` file of ../shared/reference/keys as {key: shape}."""
+    rows = (line.split('\t') for line in path.read_text().splitlines() if line and not line.startswith('#'))
+    return {key: tuple(int(d) for d in shape.strip('[]').split(',') if d.strip()) for key, shape in rows}
+
+
+def load_golden(shared_dir: Path, name: str) -> dict:
+    """A golden reference file with its weights cast back to fp32 (they are stored as exactly representable fp16)."""
+    import torch
+
+    golden = torch.load(shared_dir / 'reference' / 'golden' / f'{name}.pt', weights_only=True)
+    golden['state_dict'] = {k: v.float() if v.is_floating_point() else v for k, v in golden['state_dict'].items()}
+    return golden
+
+
+class LossRecorder(pl.Callback):
+    """Records the training loss of every step."""
+
+    def __init__(self) -> None:
+        self.losses: list[float] = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        self.losses.append(float(outputs['loss'] if isinstance(outputs, dict) else outputs))
+
+
+def training_losses(overrides: list[str], data_root: Path, run_dir: Path, steps: int = 30) -> list[float]:
+    """Trains ``steps`` steps on one repeated batch of ``data_root`` (``trainer.overfit_batches=1``) through the
+    same :func:`strhub.training.train` as ``./train.py`` and returns the per-step losses."""
+    from strhub.config import compose_config
+    from strhub.training import train
+
+    cfg = compose_config(
+        list(overrides)
+        + [
+            'dataset=generated',
+            f'data.root_dir={data_root}',
+            'data.num_workers=0',
+            'data.augment.enabled=false',
+            f'trainer.max_steps={steps}',
+            '+trainer.overfit_batches=1',
+            'trainer.num_sanity_val_steps=0',
+            'trainer.limit_val_batches=0',
+            '+trainer.enable_progress_bar=false',
+        ]
+    )
+    recorder = LossRecorder()
+    train(cfg, run_dir, callbacks=[recorder])
+    return recorder.losses

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from strhub.data.tokenizer import CharTokenizer
 from strhub.models.parseq import PARSeq, generate_permutations, permutation_masks, plm_loss
+from tests.conftest import read_layout
 
 CHARSET_94 = '0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ!"#$%&\'()*+,-./:;<=>?@[\\]^_`{|}~'
 NUM_TOKENS_94 = len(CHARSET_94) + 3
@@ -27,11 +28,6 @@ TINY = dict(img_size=(8, 16), patch_size=(4, 4), embed_dim=32, enc_num_heads=2, 
 def tiny_model(seed: int = 0, num_tokens: int = 13, max_label_length: int = 8, **kwargs) -> PARSeq:
     torch.manual_seed(seed)
     return PARSeq(num_tokens, max_label_length, **{**TINY, **kwargs}).eval()
-
-
-def read_layout(path) -> dict[str, tuple[int, ...]]:
-    rows = (line.split('\t') for line in path.read_text().splitlines() if line and not line.startswith('#'))
-    return {key: tuple(int(d) for d in shape.strip('[]').split(',')) for key, shape in rows}
 
 
 @pytest.mark.parametrize('name', PUBLISHED)

@@ -9,6 +9,8 @@ from a checkpoint, so a file cannot make us import arbitrary code.
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -20,8 +22,7 @@ Importer = Callable[[StateDict], StateDict]
 _SYSTEMS: dict[str, type] = {}
 _IMPORTERS: dict[str, Importer] = {}
 
-# Packages whose system modules register themselves on import.
-MODEL_PACKAGES = ('strhub.models.parseq',)
+MODELS_PACKAGE = 'strhub.models'
 
 
 def register_system(cls: type) -> type:
@@ -40,8 +41,19 @@ def register_importer(layout: str) -> Callable[[Importer], Importer]:
     return wrap
 
 
+def model_packages() -> list[str]:
+    """Every architecture package: a sub-package of ``strhub.models`` with a ``system`` module."""
+    root = importlib.import_module(MODELS_PACKAGE)
+    return sorted(
+        info.name
+        for info in pkgutil.iter_modules(root.__path__, f'{MODELS_PACKAGE}.')
+        if info.ispkg and importlib.util.find_spec(f'{info.name}.system') is not None
+    )
+
+
 def _import_model_packages() -> None:
-    for package in MODEL_PACKAGES:
+    # Importing a package's system module registers its system classes and checkpoint importers.
+    for package in model_packages():
         importlib.import_module(f'{package}.system')
 
 
@@ -77,12 +89,27 @@ class PretrainedWeights:
     overrides: tuple[str, ...] = field(default_factory=tuple)
 
 
+@register_importer('strhub_system')
+def import_system_state(state: StateDict) -> StateDict:
+    """Release files that hold a whole reference LightningModule already use our keys (``model.*``)."""
+    return dict(state)
+
+
 RELEASE = 'https://github.com/baudm/parseq/releases/download/v1.0.0'
+# name -> (release file, config, layout). Every published file was trained on the 94-character charset.
+_RELEASE_FILES = {
+    'parseq': ('parseq-bb5792a6.pt', 'parseq', 'parseq_release'),
+    'parseq-tiny': ('parseq_tiny-e7a21b54.pt', 'parseq-tiny', 'parseq_release'),
+    'parseq-patch16-224': ('parseq_small_patch16_224-fcf06f5a.pt', 'parseq-patch16-224', 'parseq_release'),
+    'abinet': ('abinet-1d1e373e.pt', 'abinet', 'strhub_system'),
+    'trba': ('trba-cfaed284.pt', 'trba', 'strhub_system'),
+    'vitstr': ('vitstr-26d0fcf4.pt', 'vitstr', 'strhub_system'),
+    'crnn': ('crnn-679d0e31.pt', 'crnn', 'strhub_system'),
+}
 PRETRAINED: dict[str, PretrainedWeights] = {
-    'parseq': PretrainedWeights(f'{RELEASE}/parseq-bb5792a6.pt', 'parseq', 'parseq_release', ('charset=94_full',)),
-    'parseq-tiny': PretrainedWeights(
-        f'{RELEASE}/parseq_tiny-e7a21b54.pt', 'parseq-tiny', 'parseq_release', ('charset=94_full',)
-    ),
+    name: PretrainedWeights(f'{RELEASE}/{file}', config, layout, ('charset=94_full',))
+    for name, (file, config, layout) in _RELEASE_FILES.items()
 }
 # The release files' own names are accepted too.
 PRETRAINED['parseq_tiny'] = PRETRAINED['parseq-tiny']
+PRETRAINED['parseq_small_patch16_224'] = PRETRAINED['parseq-patch16-224']
