@@ -123,6 +123,7 @@ def training_losses(overrides: list[str], data_root: Path, run_dir: Path, steps:
             'data.num_workers=0',
             'data.augment.enabled=false',
             f'trainer.max_steps={steps}',
+            'trainer.max_epochs=-1',
             '+trainer.overfit_batches=1',
             'trainer.num_sanity_val_steps=0',
             'trainer.limit_val_batches=0',

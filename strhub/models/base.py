@@ -150,16 +150,20 @@ class BaseSystem(pl.LightningModule):
         self.log('val_NED', result['one_minus_ned'], prog_bar=True, sync_dist=False)
         self.log('hp_metric', result['accuracy'], sync_dist=False)
 
+    def effective_lr(self, lr: float) -> float:
+        """``lr`` after the scaling rule (:func:`scaled_lr`) for this run's devices, batch size and gradient
+        accumulation; ``lr`` unchanged when ``scale_lr`` is off."""
+        if not self.hparams.scale_lr:
+            return lr
+        trainer = self.trainer
+        return scaled_lr(lr, self.batch_size, trainer.num_devices * trainer.num_nodes, trainer.accumulate_grad_batches)
+
     def configure_optimizers(self):
         opt_cfg = dict(self.hparams.optimizer or {'name': 'adamw'})
         opt_name = opt_cfg.pop('name', 'adamw')
         if opt_name not in OPTIMIZERS:
             raise ValueError(f'unknown optimizer {opt_name!r}; valid: {sorted(OPTIMIZERS)}')
-        lr = self.lr
-        if self.hparams.scale_lr:
-            trainer = self.trainer
-            devices = trainer.num_devices * trainer.num_nodes
-            lr = scaled_lr(self.lr, self.batch_size, devices, trainer.accumulate_grad_batches)
+        lr = self.effective_lr(self.lr)
         weight_decay = opt_cfg.pop('weight_decay', 0.0)
         optimizer = OPTIMIZERS[opt_name](self.param_groups(weight_decay), lr=lr, **opt_cfg)
         scheduler = self._build_scheduler(optimizer, lr)

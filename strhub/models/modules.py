@@ -6,7 +6,39 @@ with ``strict=True``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from torch import Tensor, nn
+
+
+def init_weights(module: nn.Module, skip: Iterable[nn.Module] = ()) -> None:
+    """The initialisation the published strhub models were trained from, applied to every submodule of ``module``:
+    truncated normal (std 0.02) linear layers and embeddings, Kaiming normal (fan-out) convolutions, unit-weight
+    zero-bias norms, Xavier attention input projections, zero biases. Recurrent layers keep PyTorch's default.
+    Modules in ``skip`` (and their children) are left as they are.
+    """
+    skipped = {id(m) for s in skip for m in s.modules()}
+    for m in module.modules():
+        if id(m) in skipped:
+            continue
+        if isinstance(m, nn.Linear | nn.Embedding):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+        elif isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+        elif isinstance(m, nn.LayerNorm | nn.BatchNorm2d):
+            if m.weight is not None:
+                nn.init.ones_(m.weight)
+        elif isinstance(m, nn.MultiheadAttention):
+            # Re-drawn per layer: nn.Transformer* clone one layer, so they would otherwise start identical.
+            if m.in_proj_weight is not None:
+                nn.init.xavier_uniform_(m.in_proj_weight)
+            if m.in_proj_bias is not None:
+                nn.init.zeros_(m.in_proj_bias)
+            continue
+        else:
+            continue
+        if getattr(m, 'bias', None) is not None:
+            nn.init.zeros_(m.bias)
 
 
 class BidirectionalLSTM(nn.Module):
