@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from strhub.data.module import SceneTextDataModule
+from strhub.data.text import TextDataModule
 from strhub.models.base import BaseSystem
 from strhub.models.loading import build_system, count_parameters, load_pretrained_weights
 
@@ -43,6 +44,18 @@ def resolve_resume_path(ckpt_path: str | None) -> str | None:
             'file>, e.g. outputs/parseq/<timestamp>/checkpoints/last.ckpt'
         )
     return str(path)
+
+
+def build_datamodule(data_cfg: Mapping[str, Any]) -> pl.LightningDataModule:
+    """The data module ``data.module`` names: ``images`` (LMDB images and labels, the default) or ``text`` (a word
+    list without images, for language-model pre-training)."""
+    cfg = dict(data_cfg)
+    kind = cfg.pop('module', 'images')
+    if kind == 'images':
+        return SceneTextDataModule(**cfg)
+    if kind == 'text':
+        return TextDataModule.from_config(cfg)
+    raise ValueError(f"unknown data.module {kind!r}; valid: 'images', 'text'")
 
 
 def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = (), **extra: Any) -> pl.Trainer:
@@ -77,7 +90,7 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: Sequence[pl.Callback]
     if cfg.pretrained:
         load_pretrained_weights(system, cfg.pretrained)
     log.info('%s: %.2fM parameters', cfg.model.name, count_parameters(system.model) / 1e6)
-    datamodule = SceneTextDataModule(**OmegaConf.to_container(cfg.data, resolve=True))
+    datamodule = build_datamodule(OmegaConf.to_container(cfg.data, resolve=True))
     trainer = build_trainer(cfg, run_dir, callbacks)
     trainer.fit(system, datamodule=datamodule, ckpt_path=resume)
     # last.ckpt is otherwise written only after a validation; make it hold the final step too.
