@@ -2,7 +2,7 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
-REQS := requirements/core.txt requirements/train.txt requirements/bench.txt requirements/tune.txt requirements/test.txt requirements/dev.txt
+REQS := requirements/core.txt requirements/train.txt requirements/bench.txt requirements/tune.txt requirements/test.txt requirements/export.txt requirements/dev.txt
 DEMO_DIR ?= data/demo
 
 .PHONY: venv demo test lint format bench reqs clean-venv
@@ -48,7 +48,7 @@ bench: venv
 # Re-pin every layer from its *.in file (needs the package index).
 reqs:
 	$(PY) -m pip install --quiet pip-tools
-	cd requirements && for layer in core train bench tune test dev; do \
+	cd requirements && for layer in core train bench tune export test dev; do \
 		../$(VENV)/bin/pip-compile --quiet --strip-extras --no-header --no-emit-find-links --no-emit-index-url $$layer.in -o $$layer.txt; \
 	done
 
