@@ -58,9 +58,40 @@ def build_datamodule(data_cfg: Mapping[str, Any]) -> pl.LightningDataModule:
     raise ValueError(f"unknown data.module {kind!r}; valid: 'images', 'text'")
 
 
-def build_trainer(cfg: DictConfig, run_dir: Path, callbacks: Sequence[pl.Callback] = (), **extra: Any) -> pl.Trainer:
+# Lightning's DDP strategy names that have a registered ``<name>_find_unused_parameters_true`` variant.
+_DDP_STRATEGIES = ('ddp', 'ddp_spawn', 'ddp_fork', 'ddp_notebook')
+
+
+def resolve_strategy(strategy: Any, system: BaseSystem | None) -> Any:
+    """``strategy`` with DDP's ``find_unused_parameters`` turned on when ``system`` has parameters that some
+    training steps leave without gradient (:attr:`BaseSystem.ddp_find_unused_parameters`); unchanged otherwise."""
+    if system is not None and system.ddp_find_unused_parameters and strategy in _DDP_STRATEGIES:
+        log.info('%s: some parameters get no gradient in some steps; DDP will look for them', type(system).__name__)
+        return f'{strategy}_find_unused_parameters_true'
+    return strategy
+
+
+def build_trainer(
+    cfg: DictConfig,
+    run_dir: Path,
+    callbacks: Sequence[pl.Callback] = (),
+    system: BaseSystem | None = None,
+    **extra: Any,
+) -> pl.Trainer:
+    """The Lightning Trainer for ``cfg.trainer``: checkpoints (best by val_accuracy, and last) and TensorBoard logs
+    under ``run_dir``, plus ``callbacks``. ``system``, when given, decides DDP's ``find_unused_parameters``.
+    ``extra`` goes to ``pl.Trainer`` as is."""
     trainer_cfg: dict[str, Any] = OmegaConf.to_container(cfg.trainer, resolve=True)
-    trainer_cfg['precision'] = resolve_precision(trainer_cfg.get('precision'), trainer_cfg.get('accelerator', 'auto'))
+    accelerator = trainer_cfg.get('accelerator', 'auto')
+    has_gpu = torch.cuda.is_available() or (accelerator == 'gpu' and torch.backends.mps.is_available())
+    if accelerator in ('gpu', 'cuda') and not has_gpu:
+        raise ValueError(
+            f'trainer.accelerator={accelerator} but no GPU is visible to this process (no CUDA GPU found); use '
+            'trainer=cpu, or trainer=auto to take the GPU when there is one'
+        )
+    trainer_cfg['precision'] = resolve_precision(trainer_cfg.get('precision'), accelerator)
+    if 'strategy' in trainer_cfg:
+        trainer_cfg['strategy'] = resolve_strategy(trainer_cfg['strategy'], system)
     # No '=' in file names: Hydra's override grammar would need quoting for ckpt_path=<file>.
     checkpoint = ModelCheckpoint(
         dirpath=run_dir / 'checkpoints',
@@ -82,6 +113,9 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: Sequence[pl.Callback]
     ``cfg.ckpt_path`` resumes an interrupted run exactly (weights, optimiser, scheduler, step);
     ``cfg.pretrained`` starts from other weights (a path, URL or pretrained name) with a fresh schedule.
     ``callbacks`` are added to the trainer's own (checkpointing, LR monitor).
+
+    Under DDP (``trainer=ddp``) every process runs this function on its own shard of the data; rank 0 alone writes
+    the checkpoints and logs, and the learning rate is scaled for the world size (:func:`strhub.models.base.scaled_lr`).
     """
     run_dir = Path(run_dir)
     pl.seed_everything(cfg.seed, workers=True)
@@ -91,7 +125,7 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: Sequence[pl.Callback]
         load_pretrained_weights(system, cfg.pretrained)
     log.info('%s: %.2fM parameters', cfg.model.name, count_parameters(system.model) / 1e6)
     datamodule = build_datamodule(OmegaConf.to_container(cfg.data, resolve=True))
-    trainer = build_trainer(cfg, run_dir, callbacks)
+    trainer = build_trainer(cfg, run_dir, callbacks, system=system)
     trainer.fit(system, datamodule=datamodule, ckpt_path=resume)
     # last.ckpt is otherwise written only after a validation; make it hold the final step too.
     if not trainer.interrupted:

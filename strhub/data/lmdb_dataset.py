@@ -17,6 +17,7 @@ import lmdb
 from PIL import Image
 from torch.utils.data import Dataset
 
+from strhub.data.boxes import Box, align_boxes, parse_boxes
 from strhub.data.labels import LabelFilter
 from strhub.data.lmdb_writer import NUM_SAMPLES_KEY, boxes_key, image_key, label_key
 
@@ -26,6 +27,8 @@ DEFAULT_CACHE_DIR = Path(os.environ.get('XDG_CACHE_HOME', Path.home() / '.cache'
 MAX_LOGGED_KEYS = 5
 # Consecutive undecodable images tolerated before a dataset is declared broken (instead of looping forever).
 MAX_CONSECUTIVE_BAD = 100
+
+BoxTransform = Callable[[list[Box], tuple[int, int]], list[Box]]
 
 
 def is_lmdb_dir(path: Path) -> bool:
@@ -75,6 +78,11 @@ def shared_readonly_env(path: str | os.PathLike) -> lmdb.Environment:
 class LmdbDataset(Dataset):
     """One STR LMDB: yields ``(image, label)`` or, with ``return_boxes``, ``(image, label, boxes)``.
 
+    ``boxes`` has one ``[x0, y0, x1, y1]`` per character of the (filtered) label, or is None for a sample that has
+    none. Stored boxes belong to the stored label, so they are re-aligned after label filtering (boxes of removed
+    characters are dropped); where that is impossible (see :func:`align_boxes`) or the stored boxes are malformed
+    the sample comes without boxes, counted in :attr:`boxes_dropped`.
+
     Labels are read, normalised and filtered once when the dataset is created (see :class:`LabelFilter`);
     the resulting index is cached on disk, keyed by the LMDB's size/mtime and the filter settings, so later
     start-ups, DataLoader workers and DDP ranks don't pay for it again. The LMDB environment is opened lazily
@@ -90,6 +98,8 @@ class LmdbDataset(Dataset):
         transform: applied to the decoded PIL image (e.g. augmentation + :class:`Preprocess`).
         min_image_size: drop samples whose image is smaller than this (height or width, pixels); 0 = off.
         return_boxes: also return the per-character boxes (``None`` where the LMDB has none).
+        box_transform: maps the boxes from pixels of the stored image, given its (width, height), to the
+            coordinates wanted (e.g. :meth:`Preprocess.map_boxes`: pixels of the model input); None keeps them.
         cache_dir: where the filtered index is cached; ``None`` disables caching.
     """
 
@@ -101,6 +111,7 @@ class LmdbDataset(Dataset):
         min_image_size: int = 0,
         return_boxes: bool = False,
         cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
+        box_transform: BoxTransform | None = None,
     ) -> None:
         self.root = Path(root)
         if not is_lmdb_dir(self.root):
@@ -111,6 +122,8 @@ class LmdbDataset(Dataset):
         self.transform = transform
         self.min_image_size = min_image_size
         self.return_boxes = return_boxes
+        self.box_transform = box_transform
+        self.boxes_dropped: Counter[str] = Counter()
         self._env: lmdb.Environment | None = None
         self._env_pid: int | None = None
         self._runtime_bad: Counter[str] = Counter()
@@ -232,15 +245,38 @@ class LmdbDataset(Dataset):
         """Samples dropped at start-up plus undecodable images met so far in this process."""
         return sum(info['count'] for info in self.skipped.values()) + sum(self._runtime_bad.values())
 
-    def _decode(self, index: int) -> tuple[Image.Image, str | None]:
+    def _decode(self, index: int) -> tuple[Image.Image, bytes | None, str | None]:
+        """The image and, with ``return_boxes``, the stored boxes' JSON and the stored (unfiltered) label."""
         with self.env.begin(buffers=True) as txn:
             buf = txn.get(image_key(index))
             if buf is None:
                 raise KeyError(image_key(index).decode())
             img = Image.open(io.BytesIO(bytes(buf)))
             img.load()
-            boxes = txn.get(boxes_key(index)) if self.return_boxes else None
-            return img, (bytes(boxes).decode() if boxes is not None else None)
+            if not self.return_boxes:
+                return img, None, None
+            boxes = txn.get(boxes_key(index))
+            if boxes is None:
+                return img, None, None
+            return img, bytes(boxes), bytes(txn.get(label_key(index))).decode('utf-8')
+
+    def _boxes(
+        self, index: int, raw: bytes, raw_label: str, label: str, image_size: tuple[int, int]
+    ) -> list[Box] | None:
+        boxes = parse_boxes(raw)
+        if boxes is None or len(boxes) != len(raw_label):
+            self._drop_boxes(index, 'malformed (not one [x0, y0, x1, y1] per stored label character)')
+            return None
+        boxes = align_boxes(raw_label, label, boxes, self.label_filter)
+        if boxes is None:
+            self._drop_boxes(index, f'label {raw_label!r} -> {label!r} changes characters other than one to one')
+            return None
+        return self.box_transform(boxes, image_size) if self.box_transform is not None else boxes
+
+    def _drop_boxes(self, index: int, reason: str) -> None:
+        self.boxes_dropped[reason] += 1
+        if sum(self.boxes_dropped.values()) <= MAX_LOGGED_KEYS:
+            log.warning('%s: %s not used: %s', self.root, boxes_key(index).decode(), reason)
 
     def __getitem__(self, item: int):
         for offset in range(min(len(self), MAX_CONSECUTIVE_BAD)):
@@ -249,15 +285,17 @@ class LmdbDataset(Dataset):
             if index in self._bad_indices:
                 continue
             try:
-                img, boxes = self._decode(index)
+                img, raw_boxes, raw_label = self._decode(index)
             except (OSError, SyntaxError, ValueError, KeyError, Image.DecompressionBombError) as e:
                 self._record_bad(index, e)
                 continue
+            label = self.labels[position]
+            size = img.size
             if self.transform is not None:
                 img = self.transform(img)
-            label = self.labels[position]
             if self.return_boxes:
-                return img, label, (json.loads(boxes) if boxes is not None else None)
+                boxes = None if raw_boxes is None else self._boxes(index, raw_boxes, raw_label, label, size)
+                return img, label, boxes
             return img, label
         raise RuntimeError(
             f'{self.root}: {MAX_CONSECUTIVE_BAD} images in a row could not be decoded; the dataset is '

@@ -15,11 +15,13 @@ from PIL import Image
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from strhub.data.augment import build_augmentation
+from strhub.data.boxes import without_geometric_ops
 from strhub.data.charsets import resolve_charset
 from strhub.data.labels import LabelFilter
 from strhub.data.lmdb_dataset import DEFAULT_CACHE_DIR, LmdbDataset, open_lmdb_datasets
 from strhub.data.preprocess import Preprocess
 from strhub.data.sampling import RatioSampler
+from strhub.data.sharding import evaluation_sampler
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +82,9 @@ class SceneTextDataModule(pl.LightningDataModule):
         preprocess: :class:`Preprocess` fields (img_size, resize, normalization ...).
         augment: augmentation config for training (see :mod:`strhub.data.augment`); None or disabled = off.
         samples_per_epoch: draws per training epoch when mixing sources (default: their total size).
+        return_boxes: training batches get a third column: per sample, one ``[x0, y0, x1, y1]`` box per label
+            character in pixels of the model input (after the resize), or None where the data has no (usable)
+            boxes. The augmentation ops that move pixels are then left out (see :func:`without_geometric_ops`).
     """
 
     def __init__(
@@ -145,6 +150,7 @@ class SceneTextDataModule(pl.LightningDataModule):
             min_image_size=self.min_image_size,
             return_boxes=return_boxes,
             cache_dir=self.cache_dir,
+            box_transform=self.preprocess.map_boxes if return_boxes else None,
         )
 
     @property
@@ -152,7 +158,8 @@ class SceneTextDataModule(pl.LightningDataModule):
         if self._train is None:
             if not self.train_sources:
                 raise ValueError('no training sources configured: set dataset=<name> or data.train')
-            transform = ImageTransform(self.preprocess, build_augmentation(self.augment_cfg))
+            augment_cfg = without_geometric_ops(self.augment_cfg) if self.return_boxes else self.augment_cfg
+            transform = ImageTransform(self.preprocess, build_augmentation(augment_cfg))
             parts = []
             for source in self.train_sources:
                 path = resolve_dir(self.root_dir, source.paths, f'training source {source.name!r}')
@@ -228,4 +235,5 @@ class SceneTextDataModule(pl.LightningDataModule):
         return self._loader(dataset, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_dataset)
+        # Under DDP each rank reads its own shard, unpadded, so the synchronised metrics count every sample once.
+        return self._loader(self.val_dataset, sampler=evaluation_sampler(self.val_dataset))

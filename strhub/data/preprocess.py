@@ -82,11 +82,35 @@ class Preprocess:
         h, w = self.img_size
         if self.resize is ResizeMode.STRETCH:
             return img.resize((w, h), self._resample) if img.size != (w, h) else img
-        scale = min(h / img.height, w / img.width)
-        new_w, new_h = max(1, round(img.width * scale)), max(1, round(img.height * scale))
+        new_w, new_h = self.content_size(img.width, img.height)
         canvas = Image.new(img.mode, (w, h), (self.pad_value,) * self.channels)
         canvas.paste(img.resize((new_w, new_h), self._resample), (0, 0))
         return canvas
+
+    def content_size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) that an image of this size is resized to; with ``keep_ratio`` the rest is padding."""
+        h, w = self.img_size
+        if self.resize is ResizeMode.STRETCH:
+            return w, h
+        scale = min(h / height, w / width)
+        return max(1, round(width * scale)), max(1, round(height * scale))
+
+    def map_boxes(self, boxes: Sequence[Sequence[float]], image_size: tuple[int, int]) -> list[list[float]]:
+        """``[x0, y0, x1, y1]`` boxes in pixels of an image of ``image_size`` (width, height) -> the same boxes in
+        pixels of the model input (after :meth:`resize_image`), clipped to it."""
+        if self.rotation:
+            raise ValueError(
+                f'boxes cannot follow a rotation of {self.rotation} degrees (they are axis-aligned); '
+                'request boxes only without rotation'
+            )
+        width, height = image_size
+        new_w, new_h = self.content_size(width, height)
+        sx, sy = new_w / width, new_h / height
+        h, w = self.img_size
+        return [
+            [min(max(x0 * sx, 0.0), w), min(max(y0 * sy, 0.0), h), min(max(x1 * sx, 0.0), w), min(max(y1 * sy, 0.0), h)]
+            for x0, y0, x1, y1 in boxes
+        ]
 
     def to_tensor(self, img: Image.Image) -> Tensor:
         """(H, W[, C]) uint8 PIL image -> (C, H, W) normalised float tensor."""

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from strhub.data.charsets import resolve_charset
 from strhub.data.labels import LabelFilter
+from strhub.data.sharding import evaluation_sampler
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +135,13 @@ class TextDataModule(pl.LightningDataModule):
         return cls(**{k: v for k, v in cfg.items() if k in params and k != 'self'})
 
     def _loader(self, words: Sequence[str], shuffle: bool) -> DataLoader:
+        dataset = WordListDataset(words)
         return DataLoader(
-            WordListDataset(words),
+            dataset,
             batch_size=self.batch_size,
             shuffle=shuffle,
+            # Validation under DDP: an unpadded shard per rank (exact metrics); training is sharded by Lightning.
+            sampler=None if shuffle else evaluation_sampler(dataset),
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             collate_fn=collate_labels,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import warnings
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -19,7 +20,9 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import StochasticWeightAveraging
+from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from torch import Tensor, nn
+from torchmetrics import MeanMetric
 
 from strhub.data.charsets import resolve_charset
 from strhub.data.tokenizer import CharTokenizer, CTCTokenizer, Tokenizer
@@ -35,6 +38,12 @@ OPTIMIZERS = {
 }
 SCHEDULERS = ('onecycle', 'cosine_warm_restarts', 'cosine', 'constant')
 SYSTEM_KEY = 'strhub_system'  # checkpoint entry naming the system class that rebuilds the model
+
+# The epoch-level validation figures come from torchmetrics' compute(), which already sums the states of all DDP
+# ranks; Lightning cannot tell and recommends sync_dist=True, which would only average identical values.
+warnings.filterwarnings(
+    'ignore', r"It is recommended to use `self\.log\('(val_accuracy|val_NED|hp_metric)'", PossibleUserWarning
+)
 
 
 def check_kwargs(target: type, kwargs: Mapping[str, Any], what: str) -> None:
@@ -80,6 +89,10 @@ class BaseSystem(pl.LightningModule):
     """
 
     tokenizer_class: type[Tokenizer] = CharTokenizer
+    #: Whether some trainable parameters get no gradient in some training steps. DDP must then search for them
+    #: after every backward pass (``find_unused_parameters``, slower), which the ``ddp`` trainer turns on only
+    #: for systems that set this.
+    ddp_find_unused_parameters: bool = False
 
     def __init__(
         self,
@@ -105,6 +118,11 @@ class BaseSystem(pl.LightningModule):
         self.batch_size = batch_size
         self.lr = lr
         self.val_metrics = RecognitionMetrics(['val'], TextNormalizer.from_options(charset_test=self.charset_test))
+        # Sums of loss x elements and of elements, added up over DDP ranks at compute(): the exact mean over all
+        # samples. (Lightning's own sync_dist mean divides the summed integer counts by the world size in integer
+        # arithmetic on gloo, which biases it whenever the total is odd.) A NaN loss stays NaN so that divergence
+        # shows; nan_strategy='disable' would do that too but also drops the weights (torchmetrics 1.9).
+        self.val_loss_mean = MeanMetric(nan_strategy=math.nan)
         self.model: nn.Module
 
     # -- inference ----------------------------------------------------------------------------------------------
@@ -141,7 +159,13 @@ class BaseSystem(pl.LightningModule):
         logits, loss, numel = self.forward_logits_loss(images, labels)
         preds, probs = self.tokenizer.decode(logits.softmax(-1))
         self.val_metrics.update('val', preds, labels, [float(p.prod()) for p in probs])
-        self.log('val_loss', loss, batch_size=int(numel), sync_dist=True)
+        self.log_val_loss(loss, numel)
+
+    def log_val_loss(self, loss: Tensor, numel: int) -> None:
+        """Adds one validation batch's mean loss over ``numel`` elements to ``val_loss``, the mean over all elements
+        of all batches on all ranks (systems that override :meth:`validation_step` call this too)."""
+        self.val_loss_mean.update(loss.detach(), weight=numel)
+        self.log('val_loss', self.val_loss_mean)
 
     def on_validation_epoch_end(self) -> None:
         result = self.val_metrics.compute()['val']
@@ -214,6 +238,12 @@ class BaseSystem(pl.LightningModule):
         if name == 'constant':
             return None
         raise ValueError(f'unknown scheduler {name!r}; valid: {list(SCHEDULERS)}')
+
+    @staticmethod
+    def import_foreign_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Maps a state dict of another implementation's layout (e.g. Hugging Face) to this system's keys, for
+        ``pretrained=<file>``; systems that recognise such layouts override this. Unchanged by default."""
+        return dict(state)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[SYSTEM_KEY] = f'{type(self).__module__}.{type(self).__qualname__}'

@@ -141,6 +141,8 @@ def load_pretrained_weights(system: BaseSystem, spec: str | os.PathLike) -> None
     state = _state_dict(checkpoint)
     if spec in registry.PRETRAINED:
         state = registry.importer(registry.PRETRAINED[spec].layout)(state)
+    else:
+        state = system.import_foreign_state(state)
     own = system.state_dict()
     compatible = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     reinitialised = sorted(k for k, v in state.items() if k in own and own[k].shape != v.shape)

@@ -10,6 +10,13 @@ from collections.abc import Iterable
 
 from torch import Tensor, nn
 
+# ResNet-45 (Shi et al., ASTER; Fang et al., ABINet): blocks per stage and the stride of each stage's first block.
+RESNET45_BLOCKS = (3, 4, 6, 6, 3)
+RESNET45_STRIDES = (2, 1, 2, 1, 1)
+# Each stage doubles the width; the last stage outputs ``out_channels``.
+RESNET45_WIDTH_MULTIPLIERS = (1, 2, 4, 8, 16)
+RESNET45_STRIDE = 4  # overall downsampling (two stride-2 stages)
+
 
 def init_weights(module: nn.Module, skip: Iterable[nn.Module] = ()) -> None:
     """The initialisation the published strhub models were trained from, applied to every submodule of ``module``:
@@ -106,3 +113,45 @@ def downsample_projection(inplanes: int, planes: int, stride: int = 1) -> nn.Seq
     if stride == 1 and inplanes == planes:
         return None
     return nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+
+
+class ResNet45(nn.Module):
+    """ResNet-45: a 3x3 stem and five stages of basic blocks (1x1 then 3x3 convolution); output stride 4.
+
+    Used by ABINet (its vision backbone, published names ``conv1``, ``bn1``, ``layer1`` .. ``layer5``) and by
+    ACDS-STR (its convolutional stem, which also taps the intermediate stages for a feature pyramid).
+
+    Args:
+        out_channels: channels of the last stage; the stages have 1/16, 1/8, 1/4, 1/2 and 1 times that (the
+            published models: 32, 64, 128, 256, 512).
+    """
+
+    def __init__(self, out_channels: int = 512) -> None:
+        super().__init__()
+        if out_channels % 16:
+            raise ValueError(f'ResNet-45 needs out_channels divisible by 16, got {out_channels}')
+        self.widths = tuple(out_channels // 16 * m for m in RESNET45_WIDTH_MULTIPLIERS)
+        self.conv1 = nn.Conv2d(3, self.widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(self.widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        inplanes = self.widths[0]
+        for i, (planes, blocks, stride) in enumerate(zip(self.widths, RESNET45_BLOCKS, RESNET45_STRIDES, strict=True)):
+            downsample = downsample_projection(inplanes, planes, stride)
+            stage = [BasicBlock(inplanes, planes, stride, downsample, first_kernel=1)]
+            stage += [BasicBlock(planes, planes, first_kernel=1) for _ in range(blocks - 1)]
+            self.add_module(f'layer{i + 1}', nn.Sequential(*stage))
+            inplanes = planes
+
+    def forward_stages(self, images: Tensor) -> list[Tensor]:
+        """(N, 3, H, W) -> the stem's output followed by each stage's: six maps, ``(N, widths[0], H, W)`` (stem),
+        then ``(N, widths[i], H / s, W / s)`` for stage ``i`` with ``s`` 2, 2, 4, 4, 4."""
+        x = self.relu(self.bn1(self.conv1(images)))
+        outputs = [x]
+        for i in range(len(RESNET45_BLOCKS)):
+            x = getattr(self, f'layer{i + 1}')(x)
+            outputs.append(x)
+        return outputs
+
+    def forward(self, images: Tensor) -> Tensor:
+        """(N, 3, H, W) -> (N, out_channels, H / 4, W / 4)."""
+        return self.forward_stages(images)[-1]

@@ -139,7 +139,8 @@ class BCNLanguageModel(nn.Module):
         context = self.token_encoder(self.proj(tokens))
         positions = torch.arange(length, device=tokens.device)
         padding = positions.unsqueeze(0) >= lengths.unsqueeze(1)
-        blocked = torch.eye(length, dtype=torch.bool, device=tokens.device)  # a position never sees itself
+        # A position never sees itself. Built as floats, then compared: onnxruntime has no boolean EyeLike kernel.
+        blocked = torch.eye(length, device=tokens.device) > 0
         query = self.pos_encoder.encodings(length).expand(n, -1, -1)
         feature = self.model(query, context, blocked, padding)
         return LanguageOutput(feature, self.cls(feature))

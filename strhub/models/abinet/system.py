@@ -47,8 +47,8 @@ class ABINetSystem(CrossEntropySystem):
         vision_pretrain_fraction: fraction of the optimizer steps spent on vision pre-training (0 = joint training
             from the start, e.g. when fine-tuning a trained ABINet).
         pretrain_lm_on_labels: during vision pre-training, train the language model on the ground-truth labels
-            (the published recipe); false keeps it (and the fusion) out of that phase, so that multi-GPU runs then
-            need ``+trainer.strategy=ddp_find_unused_parameters_true``.
+            (the published recipe); false keeps it (and the fusion) out of that phase, for which DDP then searches
+            for unused parameters (:attr:`ddp_find_unused_parameters`, set automatically by ``trainer=ddp``).
         lm_only: train only the language model, on labels (images are ignored and may be absent); it then uses
             ``lr``, the learning rate that sweeps and ``model.lr=`` act on.
         **kwargs: see :class:`BaseSystem`.
@@ -89,6 +89,15 @@ class ABINetSystem(CrossEntropySystem):
         if lm_only:
             self.model.vision.requires_grad_(False)
             self.model.alignment.requires_grad_(False)
+
+    @property
+    def ddp_find_unused_parameters(self) -> bool:
+        """The language model and the fusion get no gradient during vision pre-training without
+        ``pretrain_lm_on_labels``, nor in joint training with ``iter_size`` 0."""
+        if self.lm_only:
+            return False  # the frozen parts have requires_grad off, which DDP skips
+        pretraining_without_lm = self.vision_pretrain_fraction > 0 and not self.pretrain_lm_on_labels
+        return pretraining_without_lm or self.model.iter_size == 0
 
     # -- schedule -----------------------------------------------------------------------------------------------
 

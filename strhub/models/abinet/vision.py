@@ -14,14 +14,9 @@ import torch
 from torch import Tensor, nn
 
 from strhub.models.abinet.positional import PositionalEncoding
-from strhub.models.modules import BasicBlock, downsample_projection
+from strhub.models.modules import RESNET45_STRIDE, ResNet45
 
-# Blocks per stage and the stride of each stage's first block: the ResNet-45 of Fang et al. and Shi et al. (ASTER).
-RESNET45_BLOCKS = (3, 4, 6, 6, 3)
-RESNET45_STRIDES = (2, 1, 2, 1, 1)
-# Each stage doubles the width; the last stage outputs d_model channels.
-RESNET45_WIDTH_MULTIPLIERS = (1, 2, 4, 8, 16)
-FEATURE_STRIDE = 4  # overall downsampling of the backbone (two stride-2 stages)
+FEATURE_STRIDE = RESNET45_STRIDE  # overall downsampling of the backbone
 
 
 class VisionOutput(NamedTuple):
@@ -29,38 +24,6 @@ class VisionOutput(NamedTuple):
 
     feature: Tensor
     logits: Tensor
-
-
-class ResNet45(nn.Module):
-    """ResNet-45: a 3x3 stem and five stages of basic blocks (1x1 then 3x3 convolution); output stride 4.
-
-    Args:
-        out_channels: channels of the last stage; the stages have 1/16, 1/8, 1/4, 1/2 and 1 times that (the
-            published model: 32, 64, 128, 256, 512).
-    """
-
-    def __init__(self, out_channels: int = 512) -> None:
-        super().__init__()
-        if out_channels % 16:
-            raise ValueError(f'ResNet-45 needs out_channels (d_model) divisible by 16, got {out_channels}')
-        widths = [out_channels // 16 * m for m in RESNET45_WIDTH_MULTIPLIERS]
-        self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(widths[0])
-        self.relu = nn.ReLU(inplace=True)
-        inplanes = widths[0]
-        for i, (planes, blocks, stride) in enumerate(zip(widths, RESNET45_BLOCKS, RESNET45_STRIDES, strict=True)):
-            downsample = downsample_projection(inplanes, planes, stride)
-            stage = [BasicBlock(inplanes, planes, stride, downsample, first_kernel=1)]
-            stage += [BasicBlock(planes, planes, first_kernel=1) for _ in range(blocks - 1)]
-            self.add_module(f'layer{i + 1}', nn.Sequential(*stage))
-            inplanes = planes
-
-    def forward(self, images: Tensor) -> Tensor:
-        """(N, 3, H, W) -> (N, out_channels, H / 4, W / 4)."""
-        x = self.relu(self.bn1(self.conv1(images)))
-        for i in range(len(RESNET45_BLOCKS)):
-            x = getattr(self, f'layer{i + 1}')(x)
-        return x
 
 
 class ResNetTransformer(nn.Module):
@@ -224,6 +187,8 @@ class VisionModel(nn.Module):
         num_layers: int = 3,
     ) -> None:
         super().__init__()
+        if d_model % 16:
+            raise ValueError(f'd_model must be divisible by 16 (the ResNet-45 widths are 1/16 .. 1 of it): {d_model}')
         if any(s % FEATURE_STRIDE for s in img_size):
             raise ValueError(f'img_size {tuple(img_size)} must be a multiple of {FEATURE_STRIDE} (the ResNet stride)')
         feature_size = (img_size[0] // FEATURE_STRIDE, img_size[1] // FEATURE_STRIDE)
