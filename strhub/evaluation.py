@@ -1,13 +1,19 @@
-"""Evaluating a trained system on test sets: the logic behind ``./test.py``."""
+"""Evaluating a trained system on test sets: the logic behind ``./test.py``.
+
+Systems with several prediction heads (MGP-STR: character, BPE, WordPiece, fused) expose
+``predict_heads(images) -> {head: (strings, probabilities)}`` and name the entry that ``predict`` returns in
+``final_head``; :func:`run_evaluation` then also reports every head's figures.
+"""
 
 from __future__ import annotations
 
 import bisect
 import csv
+import io
 import json
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -16,7 +22,7 @@ from tqdm import tqdm
 
 from strhub.data.lmdb_dataset import LmdbDataset, find_lmdb_dirs
 from strhub.data.lmdb_writer import label_key
-from strhub.metrics import RecognitionMetrics, RecognitionResult, TextNormalizer
+from strhub.metrics import COMBINED, RecognitionMetrics, RecognitionResult, TextNormalizer
 from strhub.models.base import BaseSystem
 
 log = logging.getLogger(__name__)
@@ -52,21 +58,49 @@ def discover_test_sets(dirs: list[str | Path]) -> dict[str, Path]:
     return sets
 
 
+@dataclass
+class Evaluation:
+    """What :func:`run_evaluation` measured.
+
+    Attributes:
+        results: dataset name (and ``Combined``) -> figures of the system's predictions.
+        errors: the wrong predictions (when collected).
+        heads: for systems with several prediction heads, head name -> dataset name -> figures; else empty.
+    """
+
+    results: dict[str, RecognitionResult]
+    errors: list[Prediction]
+    heads: dict[str, dict[str, RecognitionResult]] = field(default_factory=dict)
+
+
 @torch.inference_mode()
-def evaluate(
+def run_evaluation(
     system: BaseSystem,
     loaders: Mapping[str, DataLoader],
     normalizer: TextNormalizer,
     collect_errors: bool = False,
     progress: bool = True,
-) -> tuple[dict[str, RecognitionResult], list[Prediction]]:
-    """Runs ``system`` on each loader; returns per-dataset metrics (plus ``Combined``) and the wrong predictions."""
-    metrics = RecognitionMetrics(list(loaders), normalizer).to(system.device)
+) -> Evaluation:
+    """Runs ``system`` on each loader: per-dataset metrics (plus ``Combined``), the wrong predictions, and the
+    figures of every prediction head of multi-head systems (one forward pass serves them all)."""
+    datasets = list(loaders)
+    metrics = RecognitionMetrics(datasets, normalizer).to(system.device)
+    predict_heads = getattr(system, 'predict_heads', None)
+    head_metrics: dict[str, RecognitionMetrics] = {}
     errors: list[Prediction] = []
     for name, loader in loaders.items():
         seen = 0
         for images, labels, *_ in tqdm(loader, desc=name, disable=not progress, leave=False):
-            preds, probs = system.predict(images.to(system.device, non_blocking=True))
+            images = images.to(system.device, non_blocking=True)
+            if predict_heads is None:
+                preds, probs = system.predict(images)
+            else:
+                per_head = predict_heads(images)
+                preds, probs = per_head[system.final_head]
+                for head, (head_preds, head_probs) in per_head.items():
+                    if head not in head_metrics:
+                        head_metrics[head] = RecognitionMetrics(datasets, normalizer).to(system.device)
+                    head_metrics[head].update(name, head_preds, labels, [float(p.prod()) for p in head_probs])
             confidences = [float(p.prod()) for p in probs]
             metrics.update(name, preds, labels, confidences)
             if collect_errors:
@@ -74,7 +108,41 @@ def evaluate(
                     if normalizer(pred) != normalizer(label):
                         errors.append(Prediction(name, sample_key(loader.dataset, seen + i), label, pred, conf))
             seen += len(labels)
-    return metrics.compute(), errors
+    return Evaluation(metrics.compute(), errors, {head: m.compute() for head, m in head_metrics.items()})
+
+
+def evaluate(
+    system: BaseSystem,
+    loaders: Mapping[str, DataLoader],
+    normalizer: TextNormalizer,
+    collect_errors: bool = False,
+    progress: bool = True,
+) -> tuple[dict[str, RecognitionResult], list[Prediction]]:
+    """Runs ``system`` on each loader; returns per-dataset metrics (plus ``Combined``) and the wrong predictions
+    (:func:`run_evaluation` also gives the figures of each head of multi-head systems)."""
+    evaluation = run_evaluation(system, loaders, normalizer, collect_errors, progress)
+    return evaluation.results, evaluation.errors
+
+
+def format_head_table(heads: Mapping[str, Mapping[str, RecognitionResult]], fmt: str = 'markdown') -> str:
+    """Word accuracy (%) of every prediction head (columns) per dataset (rows, ``Combined`` last)."""
+    if fmt not in ('markdown', 'csv'):
+        raise ValueError(f"unknown table format {fmt!r}; use 'markdown' or 'csv'")
+    names = list(heads)
+    datasets = [d for d in next(iter(heads.values())) if d != COMBINED] + [COMBINED]
+    header = ['Dataset'] + [f'{name} accuracy' for name in names]
+    body = [[d] + [f'{heads[name][d]["accuracy"]:.2f}' for name in names] for d in datasets]
+    if fmt == 'csv':
+        out = io.StringIO()
+        csv.writer(out, lineterminator='\n').writerows([header, *body])
+        return out.getvalue().rstrip('\n')
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    rule = [':' + '-' * (widths[0] - 1)] + ['-' * (width - 1) + ':' for width in widths[1:]]
+    lines = [header, rule, *body]
+    return '\n'.join(
+        '| ' + ' | '.join([line[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(line[1:], widths[1:])]) + ' |'
+        for line in lines
+    )
 
 
 def write_errors(errors: list[Prediction], path: str | Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 
@@ -28,11 +29,83 @@ def read_images(
         chunk = [str(p) for p in paths[start : start + batch_size]]
         images = []
         for path in chunk:
-            try:
-                with Image.open(path) as img:
-                    images.append(preprocess(img))
-            except (OSError, SyntaxError) as e:
-                raise ValueError(f'cannot read image {path}: {e}') from e
+            with open_image(path) as img:
+                images.append(preprocess(img))
         texts, probs = system.predict(torch.stack(images).to(system.device))
         for path, text, p in zip(chunk, texts, probs):
             yield path, text, float(p.prod())
+
+
+def open_image(path: str | Path) -> Image.Image:
+    """Opens an image file; an unreadable one raises a ValueError naming it."""
+    try:
+        img = Image.open(path)
+        img.load()
+    except (OSError, SyntaxError) as e:
+        raise ValueError(f'cannot read image {path}: {e}') from e
+    return img
+
+
+# Layout of the attention figures: slots per row, and the size of one slot's panel in inches.
+ATTENTION_COLUMNS = 3
+ATTENTION_PANEL_INCHES = (2.4, 0.9)
+
+
+@torch.inference_mode()
+def save_attention_maps(
+    system: BaseSystem, paths: Sequence[str | Path], out_dir: str | Path, batch_size: int = 64
+) -> list[Path]:
+    """Saves, for each image and prediction head, the attention of every slot read (up to the end token) over the
+    image as ``<out_dir>/<image name>_<head>.png`` (one panel per slot, titled by the token read there).
+
+    The system must expose ``attention_maps(images) -> {head: (tokens per image, (N, slots, h, w) maps)}`` (MGP-STR's
+    A³ modules); token ``j`` is read from slot ``j + 1``. Returns the files written.
+    """
+    attention_maps = getattr(system, 'attention_maps', None)
+    if attention_maps is None:
+        raise ValueError(
+            f'{type(system).__name__} has no attention maps to save; --attention works with models that read '
+            'through spatial attention slots (MGP-STR)'
+        )
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    preprocess = preprocess_for(system)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    stems: dict[str, int] = {}
+    for start in range(0, len(paths), batch_size):
+        chunk = [Path(p) for p in paths[start : start + batch_size]]
+        shown, inputs = [], []
+        for path in chunk:
+            with open_image(path) as img:
+                shown.append(np.asarray(preprocess.resize_image(img).convert('RGB')))
+                inputs.append(preprocess(img))
+        maps = attention_maps(torch.stack(inputs).to(system.device))
+        for i, path in enumerate(chunk):
+            count = stems.get(path.stem, 0)
+            stems[path.stem] = count + 1
+            stem = path.stem if count == 0 else f'{path.stem}-{count}'
+            height, width = shown[i].shape[:2]
+            for head, (tokens, grids) in maps.items():
+                panels = tokens[i] or ['(nothing read)']
+                rows = -(-len(panels) // ATTENTION_COLUMNS)
+                panel_w, panel_h = ATTENTION_PANEL_INCHES
+                figure = Figure(figsize=(ATTENTION_COLUMNS * panel_w, rows * panel_h + 0.3))
+                FigureCanvasAgg(figure)
+                figure.suptitle(f'{path.name}: {head}', fontsize=9)
+                for j, token in enumerate(panels):
+                    ax = figure.add_subplot(rows, ATTENTION_COLUMNS, j + 1)
+                    ax.imshow(shown[i])
+                    if tokens[i]:
+                        grid = grids[i, j + 1].float().cpu().numpy()
+                        ax.imshow(grid, cmap='jet', alpha=0.5, extent=(0, width, height, 0), interpolation='bilinear')
+                    # '$' would start matplotlib's math mode.
+                    ax.set_title(token.replace('$', r'\$'), fontsize=8)
+                    ax.axis('off')
+                figure.tight_layout()
+                target = out_dir / f'{stem}_{head}.png'
+                figure.savefig(target, dpi=100)
+                written.append(target)
+    return written

@@ -13,6 +13,8 @@ Every op is registered by name in :data:`AUGMENT_OPS`, so a model can assemble i
 
     groups = [RandomOps([AugmentOp(n, 5) for n in names], num_ops=1) for names in op_groups]
     policy = AugmentPipeline([RandomOps(groups, num_ops=3, probability=0.5)])
+
+which is what the config's ``groups`` setting builds (STRAug-style groups, see :class:`AugmentConfig`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 import numpy as np
-from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
 MAX_MAGNITUDE = 10.0
 
@@ -45,6 +47,9 @@ JPEG_QUALITY_RANGE = (95, 5)  # from magnitude 0 to 10
 MAX_PERSPECTIVE = 0.2  # corner displacement as a fraction of the width/height
 MAX_CURVE_AMPLITUDE = 0.25  # vertical displacement as a fraction of the height
 CURVE_STRIPS = 32  # the curve is drawn piecewise-linearly over this many vertical strips
+MAX_GRID_LINES = 8  # lines per direction of the grid pattern
+MAX_FOG = 0.6  # strongest blend of the fog towards white
+FOG_CELLS = (3, 6)  # (rows, columns) of the random field that is smoothed into fog patches
 
 
 class RandomSource(Protocol):
@@ -313,6 +318,39 @@ def jpeg(image: Image.Image, strength: float, rng: RandomSource) -> Image.Image:
         return compressed.convert('RGB')
 
 
+# Pattern and weather ops (STRAug's groups of the same names).
+
+
+@register_op('grid')
+def grid(image: Image.Image, strength: float, rng: RandomSource) -> Image.Image:
+    """Evenly spaced 1-pixel lines, vertical, horizontal or both, up to 8 per direction; dark on a light crop and
+    light on a dark one."""
+    w, h = image.size
+    count = 1 + round(strength * (MAX_GRID_LINES - 1))
+    pick = rng.random()
+    colour = (0, 0, 0) if sum(_border_colour(image)) > 3 * 127 else (255, 255, 255)
+    image = image.copy()
+    draw = ImageDraw.Draw(image)
+    for i in range(1, count + 1):
+        if pick < 2 / 3:
+            x = round(i * (w - 1) / (count + 1))
+            draw.line((x, 0, x, h - 1), fill=colour)
+        if pick >= 1 / 3:
+            y = round(i * (h - 1) / (count + 1))
+            draw.line((0, y, w - 1, y), fill=colour)
+    return image
+
+
+@register_op('fog')
+def fog(image: Image.Image, strength: float, rng: RandomSource) -> Image.Image:
+    """Blends towards white through smooth random patches, by up to 60%."""
+    cells = (_numpy_rng(rng).random(FOG_CELLS) * 255).astype(np.uint8)
+    field = Image.fromarray(cells).resize(image.size, Image.Resampling.BICUBIC)
+    alpha = strength * MAX_FOG * (0.5 + 0.5 * np.asarray(field, dtype=np.float32)[..., None] / 255)
+    pixels = np.asarray(image, dtype=np.float32)
+    return Image.fromarray((pixels * (1 - alpha) + 255 * alpha).round().clip(0, 255).astype(np.uint8))
+
+
 Augment = Callable[..., Image.Image]  # called as augment(image) or augment(image, rng)
 
 
@@ -425,6 +463,9 @@ class AugmentConfig:
         magnitude_std: per-call Gaussian jitter of the magnitude.
         op_probability: chance that each of the ``num_ops`` chosen ops is really applied.
         ops: the pool that ``num_ops`` are drawn from (names in :data:`AUGMENT_OPS`).
+        groups: group name -> op names. When given, ``ops`` is not used: each image gets ``num_ops`` distinct
+            groups and one op of each (STRAug / MGP-STR), and ``op_probability`` is the chance that an image is
+            augmented at all.
         extra_ops: op name -> :class:`ExtraOpConfig` (or just its probability): each applied independently
             after the pool ops. Giving it replaces the default set; a probability of 0 turns one off.
     """
@@ -436,6 +477,7 @@ class AugmentConfig:
     op_probability: float = 0.5
     ops: Sequence[str] = DEFAULT_POOL_OPS
     extra_ops: dict[str, ExtraOpConfig | float] = field(default_factory=lambda: dict(DEFAULT_EXTRA_OPS))
+    groups: Mapping[str, Sequence[str]] | None = None
 
     def __post_init__(self) -> None:
         self.ops = tuple(self.ops)
@@ -443,10 +485,19 @@ class AugmentConfig:
         _check_range('magnitude', self.magnitude, 0, MAX_MAGNITUDE)
         _check_range('magnitude_std', self.magnitude_std, 0, math.inf)
         _check_range('op_probability', self.op_probability, 0, 1)
-        for name in (*self.ops, *self.extra_ops):
+        if self.groups is not None:
+            self.groups = {name: tuple(ops) for name, ops in dict(self.groups).items()}
+            empty = sorted(name for name, ops in self.groups.items() if not ops)
+            if not self.groups or empty:
+                raise ValueError(
+                    f'augmentation groups must be at least one group of at least one op each (empty: {empty}); '
+                    'leave groups unset to draw ops from the op pool'
+                )
+        for name in (*self.ops, *self.extra_ops, *(op for ops in (self.groups or {}).values() for op in ops)):
             get_op(name)
-        if not 0 <= self.num_ops <= len(self.ops):
-            raise ValueError(f'num_ops={self.num_ops} must be between 0 and the size of the op pool ({len(self.ops)})')
+        pool, what = (self.groups, 'number of groups') if self.groups else (self.ops, 'size of the op pool')
+        if not 0 <= self.num_ops <= len(pool):
+            raise ValueError(f'num_ops={self.num_ops} must be between 0 and the {what} ({len(pool)})')
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> AugmentConfig:
@@ -489,7 +540,13 @@ def build_augmentation(cfg: AugmentConfig | Mapping[str, Any] | None) -> Augment
     if not cfg.enabled:
         return None
     stages = []
-    if cfg.num_ops > 0:
+    if cfg.groups and cfg.num_ops > 0:
+        groups = [
+            RandomOps([AugmentOp(name, cfg.magnitude, magnitude_std=cfg.magnitude_std) for name in names], 1)
+            for names in cfg.groups.values()
+        ]
+        stages.append(RandomOps(groups, cfg.num_ops, probability=cfg.op_probability))
+    elif cfg.num_ops > 0:
         pool = [AugmentOp(name, cfg.magnitude, cfg.op_probability, cfg.magnitude_std) for name in cfg.ops]
         stages.append(RandomOps(pool, cfg.num_ops))
     for name, extra in cfg.extra_ops.items():
