@@ -4,6 +4,7 @@
 ./bench.py model=parseq
 ./bench.py +experiment=parseq-tiny device=cpu threads=1 'batch_sizes=[1,64]'
 ./bench.py model=parseq +range=true +json=bench.json
+./bench.py +experiment=parseq-tiny device=cpu 'options=[none,int8,compile,int8+compile]'
 """
 
 import json
@@ -16,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from strhub.benchmark import compute_table, latency_sweep, latency_vs_length, markdown_table
 from strhub.cli_args import resolve_device
 from strhub.config import CONFIG_DIR
+from strhub.inference import optimize_model, parse_options
 from strhub.models.loading import build_system
 
 log = logging.getLogger('bench')
@@ -31,11 +33,18 @@ def main(cfg: DictConfig) -> None:
     img_size = list(cfg.model.img_size)
     report = {'model': cfg.model.name, 'device': str(device), 'threads': torch.get_num_threads()}
     print(f'## {cfg.model.name} on {device} ({torch.get_num_threads()} threads)\n')
-    report['latency'] = latency_sweep(model, img_size, cfg.batch_sizes, device, cfg.min_run_time)
+    # Parse every option set before timing anything, so that a typo fails at once.
+    options = [parse_options(spec) for spec in cfg.get('options') or ['none']]
+    report['latency'] = []
+    for option in options:
+        optimized = optimize_model(model, device, option.compile, option.quantize, option.precision)
+        rows = latency_sweep(optimized, img_size, cfg.batch_sizes, device, cfg.min_run_time)
+        report['latency'] += [{'option': str(option), **row} for row in rows]
     print(
         markdown_table(
             report['latency'],
             [
+                ('Option', 'option', 's'),
                 ('Batch', 'batch_size', 'd'),
                 ('Median (ms)', 'median_ms', '.2f'),
                 ('IQR (ms)', 'iqr_ms', '.2f'),

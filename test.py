@@ -4,6 +4,8 @@
 ./test.py outputs/parseq/<run>/checkpoints/last.ckpt --benchmark_all_eval
 ./test.py pretrained=parseq refine_iters:int=2 decode_ar:bool=false
 ./test.py model.ckpt --test_dirs data/test/generated --errors errors.tsv
+
+Models with several prediction heads (MGP-STR) also get a table of each head's accuracy.
 """
 
 import argparse
@@ -13,7 +15,8 @@ import sys
 from strhub.cli_args import checkpoint_spec, parse_runtime_args, resolve_device, split_runtime_args
 from strhub.config import compose_config
 from strhub.data.module import SceneTextDataModule
-from strhub.evaluation import discover_test_sets, evaluate, write_errors, write_results
+from strhub.evaluation import discover_test_sets, format_head_table, run_evaluation, write_errors, write_results
+from strhub.inference import accuracy_change_table, compare_options
 from strhub.metrics import TextNormalizer, format_table
 from strhub.models.loading import load
 
@@ -35,6 +38,13 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, dict]:
     parser.add_argument('--device', default='auto')
     parser.add_argument('--results', help='write the figures to this JSON file')
     parser.add_argument('--errors', help='write every wrong prediction to this TSV file')
+    parser.add_argument(
+        '--options',
+        nargs='+',
+        default=['none'],
+        help='inference option sets (none, int8, compile, bf16, fp16, or +-joined); several also print the accuracy '
+        'change from the first',
+    )
     argv, runtime = split_runtime_args(sys.argv[1:] if argv is None else list(argv))
     return parser.parse_args(argv), parse_runtime_args(runtime)
 
@@ -79,9 +89,20 @@ def main(argv=None) -> int:
         )
         return 1
     loaders = datamodule.test_dataloaders(sets, rotation=args.rotation)
-    results, errors = evaluate(system, loaders, normalizer, collect_errors=bool(args.errors))
+    runs = compare_options(
+        system, args.options, lambda candidate: run_evaluation(candidate, loaders, normalizer, bool(args.errors))
+    )
+    evaluation = next(iter(runs.values()))
+    results, errors = evaluation.results, evaluation.errors
     print(format_table(results))
+    if len(runs) > 1:
+        print('\n' + accuracy_change_table({option: run.results for option, run in runs.items()}))
+    if evaluation.heads:
+        print(f'\nAccuracy of each prediction head (the table above is {system.final_head}):')
+        print(format_head_table(evaluation.heads))
     if args.results:
+        # Per-head figures only for multi-head models, so that other models' files are unchanged.
+        heads = {'heads': evaluation.heads} if evaluation.heads else {}
         write_results(
             results,
             args.results,
@@ -91,6 +112,7 @@ def main(argv=None) -> int:
             punctuation=args.punctuation,
             rotation=args.rotation,
             missing=missing,
+            **heads,
         )
     if args.errors:
         write_errors(errors, args.errors)

@@ -536,7 +536,8 @@ class PARSeq(nn.Module):
         bos = torch.full((n, 1), self.bos_id, dtype=torch.long, device=device)
         tgt = torch.cat([bos, logits[:, :-1].argmax(-1)], dim=1)
         # Context from the first EOS on is not part of the prediction.
-        padding = (tgt == self.eos_id).cumsum(-1) > 0
+        # Cumulative sum over integers, not booleans: ONNX CumSum has no boolean kernel (model export).
+        padding = (tgt == self.eos_id).int().cumsum(-1) > 0
         # Query i predicts the character at context position i + 1, so that is the one key it may not see.
         rows = torch.arange(num_steps, device=device)[:, None]
         cloze = torch.arange(length, device=device)[None, :] == rows + 1
