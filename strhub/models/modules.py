@@ -6,7 +6,7 @@ with ``strict=True``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from torch import Tensor, nn
 
@@ -16,6 +16,15 @@ RESNET45_STRIDES = (2, 1, 2, 1, 1)
 # Each stage doubles the width; the last stage outputs ``out_channels``.
 RESNET45_WIDTH_MULTIPLIERS = (1, 2, 4, 8, 16)
 RESNET45_STRIDE = 4  # overall downsampling (two stride-2 stages)
+
+
+def check_images(images: Tensor, img_size: Sequence[int]) -> None:
+    """Raises a clear error unless ``images`` is an (N, 3, H, W) batch at the model's ``img_size`` (H, W)."""
+    if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != tuple(img_size):
+        raise ValueError(
+            f'expected images of shape (N, 3, {img_size[0]}, {img_size[1]}), got '
+            f"{tuple(images.shape)}; resize them with the model's preprocessing preset"
+        )
 
 
 def init_weights(module: nn.Module, skip: Iterable[nn.Module] = ()) -> None:

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from strhub.models.abinet.language import BCNLanguageModel, LanguageOutput
 from strhub.models.abinet.vision import VisionModel, VisionOutput
-from strhub.models.modules import init_weights
+from strhub.models.modules import check_images, init_weights
 
 
 def sequence_lengths(logits: Tensor, eos_id: int) -> Tensor:
@@ -130,10 +130,7 @@ class ABINet(nn.Module):
 
     def forward_iterations(self, images: Tensor) -> ABINetOutput:
         """The vision prediction and ``iter_size`` rounds of language correction and fusion."""
-        if images.ndim != 4 or tuple(images.shape[1:]) != (3, *self.img_size):
-            raise ValueError(
-                f'expected images of shape (N, 3, {self.img_size[0]}, {self.img_size[1]}), got {tuple(images.shape)}'
-            )
+        check_images(images, self.img_size)
         if self.iter_size < 0:
             raise ValueError(f'iter_size must be >= 0, got {self.iter_size}')
         vision = self.vision(images)

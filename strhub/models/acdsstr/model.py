@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from strhub.models.modules import RESNET45_STRIDE, ResNet45, init_weights
+from strhub.models.modules import RESNET45_STRIDE, ResNet45, check_images, init_weights
 
 STEMS = ('resnet45', 'patch')
 VIT_NORM_EPS = 1e-6  # the ViT convention (timm / MGP-STR)
@@ -228,11 +228,7 @@ class ACDSSTR(nn.Module):
 
     def forward_all(self, images: Tensor) -> ACDSOutput:
         """(N, 3, H, W) -> logits of every slot and the core-area mask logits (see :class:`ACDSOutput`)."""
-        if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != self.img_size:
-            raise ValueError(
-                f'expected images of shape (N, 3, {self.img_size[0]}, {self.img_size[1]}), got '
-                f"{tuple(images.shape)}; resize them with the model's preprocessing preset"
-            )
+        check_images(images, self.img_size)
         tokens, mask_logits = self.stem(images)
         x = torch.cat([self.cls_token.expand(len(images), -1, -1), tokens], 1) + self.pos_embed
         if self.guide_block is None:

@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from strhub.models.modules import check_images
+
 
 def relative_position_table(size: int, table: Tensor) -> Tensor:
     """(2 * size - 1, C) learned offsets (resampled linearly when trained for another size) -> (size, size, C)
@@ -170,11 +172,7 @@ class VisionEncoder(nn.Module):
 
     def forward(self, images: Tensor) -> Tensor:
         """(B, 3, H, W) -> (B, out_channels, H / patch, W / patch)."""
-        if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != self.img_size:
-            raise ValueError(
-                f'expected images of shape (N, 3, {self.img_size[0]}, {self.img_size[1]}), got '
-                f"{tuple(images.shape)}; resize them with the model's preprocessing preset"
-            )
+        check_images(images, self.img_size)
         x = self.patch_embed(images.to(self.pos_embed.dtype)) + self.pos_embed
         for layer in self.layers:
             if self.gradient_checkpointing and self.training:

@@ -24,6 +24,8 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
+from strhub.models.modules import check_images
+
 # Per decoder layer, the (keys, values) of a sequence, each (N, num_heads, S, head_dim).
 LayerKeyValues = list[tuple[Tensor, Tensor]]
 
@@ -375,12 +377,7 @@ class PARSeq(nn.Module):
 
     def encode(self, images: Tensor) -> Tensor:
         """(N, 3, H, W) images -> (N, S, D) image memory."""
-        expected = self.encoder.img_size
-        if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != expected:
-            raise ValueError(
-                f'expected images of shape (N, 3, {expected[0]}, {expected[1]}), got '
-                f"{tuple(images.shape)}; resize them with the model's preprocessing preset"
-            )
+        check_images(images, self.encoder.img_size)
         return self.encoder(images)
 
     def project_memory(self, memory: Tensor) -> LayerKeyValues:

@@ -26,7 +26,7 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from strhub.models.modules import init_weights
+from strhub.models.modules import check_images, init_weights
 from strhub.models.trocr.generation import Generation, generate
 
 # Per decoder layer, keys and values, each (N, num_heads, S, head_dim).
@@ -475,12 +475,7 @@ class TrOCR(nn.Module):
 
     def encode(self, images: Tensor) -> Tensor:
         """(N, 3, H, W) images -> (N, S, enc_embed_dim) image memory (prefix tokens included)."""
-        expected = self.encoder.img_size
-        if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != expected:
-            raise ValueError(
-                f'expected images of shape (N, 3, {expected[0]}, {expected[1]}), got '
-                f"{tuple(images.shape)}; resize them with the model's preprocessing preset"
-            )
+        check_images(images, self.encoder.img_size)
         return self.encoder(images)
 
     def decode(self, tokens: Tensor, memory: Tensor | LayerKeyValues) -> Tensor:

@@ -19,6 +19,8 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
+from strhub.models.modules import check_images
+
 
 class ViTSTR(nn.Module):
     """The ViTSTR network.
@@ -93,12 +95,7 @@ class ViTSTR(nn.Module):
 
     def encode(self, images: Tensor) -> Tensor:
         """(N, 3, H, W) images -> (N, 1 + num_patches, embed_dim) tokens, the class token first."""
-        expected = self.img_size
-        if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[2:]) != expected:
-            raise ValueError(
-                f'expected images of shape (N, 3, {expected[0]}, {expected[1]}), got '
-                f"{tuple(images.shape)}; resize them with the model's preprocessing preset"
-            )
+        check_images(images, self.img_size)
         x = self.patch_embed(images)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
         return self.norm(self.blocks(x))
