@@ -109,27 +109,30 @@ class LossRecorder(pl.Callback):
         self.losses.append(float(outputs['loss'] if isinstance(outputs, dict) else outputs))
 
 
+def short_training_overrides(data_root: Path, steps: int) -> list[str]:
+    """Overrides for ``steps`` training steps on one repeated batch of ``data_root`` (``trainer.overfit_batches=1``),
+    without validation, workers, augmentation or progress bar."""
+    return [
+        'dataset=generated',
+        f'data.root_dir={data_root}',
+        'data.num_workers=0',
+        'data.augment.enabled=false',
+        f'trainer.max_steps={steps}',
+        'trainer.max_epochs=-1',
+        '+trainer.overfit_batches=1',
+        'trainer.num_sanity_val_steps=0',
+        'trainer.limit_val_batches=0',
+        '+trainer.enable_progress_bar=false',
+    ]
+
+
 def training_losses(overrides: list[str], data_root: Path, run_dir: Path, steps: int = 30) -> list[float]:
-    """Trains ``steps`` steps on one repeated batch of ``data_root`` (``trainer.overfit_batches=1``) through the
-    same :func:`strhub.training.train` as ``./train.py`` and returns the per-step losses."""
+    """Trains ``steps`` steps on one repeated batch of ``data_root`` through the same :func:`strhub.training.train` as
+    ``./train.py`` and returns the per-step losses."""
     from strhub.config import compose_config
     from strhub.training import train
 
-    cfg = compose_config(
-        list(overrides)
-        + [
-            'dataset=generated',
-            f'data.root_dir={data_root}',
-            'data.num_workers=0',
-            'data.augment.enabled=false',
-            f'trainer.max_steps={steps}',
-            'trainer.max_epochs=-1',
-            '+trainer.overfit_batches=1',
-            'trainer.num_sanity_val_steps=0',
-            'trainer.limit_val_batches=0',
-            '+trainer.enable_progress_bar=false',
-        ]
-    )
+    cfg = compose_config(list(overrides) + short_training_overrides(data_root, steps))
     recorder = LossRecorder()
     train(cfg, run_dir, callbacks=[recorder])
     return recorder.losses

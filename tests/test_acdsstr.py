@@ -24,6 +24,7 @@ from strhub.data.synth import generate_lmdb
 from strhub.models.acdsstr import ACDSSTR, core_area_masks
 from strhub.models.loading import build_system, count_parameters, load
 from strhub.training import train
+from tests.conftest import short_training_overrides
 from tests.test_lmdb_dataset import png_bytes
 
 LOWER = STANDARD_CHARSETS['36_lowercase']
@@ -309,22 +310,7 @@ class MetricRecorder(pl.Callback):
 
 def train_steps(overrides: list[str], data_root: Path, run_dir: Path, steps: int) -> list[dict[str, float]]:
     """``steps`` training steps on one repeated batch of ``data_root`` through :func:`strhub.training.train`."""
-    cfg = compose_config(
-        [
-            *overrides,
-            'dataset=generated',
-            f'data.root_dir={data_root}',
-            'data.num_workers=0',
-            'data.augment.enabled=false',
-            f'trainer.max_steps={steps}',
-            'trainer.max_epochs=-1',
-            '+trainer.overfit_batches=1',
-            'trainer.num_sanity_val_steps=0',
-            'trainer.limit_val_batches=0',
-            'trainer.log_every_n_steps=1',
-            '+trainer.enable_progress_bar=false',
-        ]
-    )
+    cfg = compose_config([*overrides, *short_training_overrides(data_root, steps), 'trainer.log_every_n_steps=1'])
     recorder = MetricRecorder()
     train(cfg, run_dir, callbacks=[recorder])
     return recorder.steps
