@@ -12,7 +12,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from PIL import Image
-from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from strhub.data.augment import build_augmentation
 from strhub.data.boxes import without_geometric_ops
@@ -22,17 +22,33 @@ from strhub.data.lmdb_dataset import DEFAULT_CACHE_DIR, LmdbDataset, open_lmdb_d
 from strhub.data.preprocess import Preprocess
 from strhub.data.sampling import RatioSampler
 from strhub.data.sharding import evaluation_sampler
+from strhub.data.synth.stream import SyntheticStream, build_stream
 
 log = logging.getLogger(__name__)
+
+VAL_SEED_OFFSET = 1_000_003
+
+
+SOURCE_KINDS = ('lmdb', 'synthetic')
 
 
 @dataclass
 class Source:
-    """A training source: the first of ``paths`` (relative to the data root) that exists, mixed at ``weight``."""
+    """A training source mixed at ``weight``: LMDB data (the first of ``paths``, relative to the data root, that
+    exists) or, with ``kind: synthetic``, images rendered on the fly in the DataLoader workers from ``options``
+    (see :func:`~strhub.data.synth.stream.build_stream`)."""
 
     name: str
-    paths: Sequence[str]
+    paths: Sequence[str] = ()
     weight: float = 1.0
+    kind: str = 'lmdb'
+    options: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in SOURCE_KINDS:
+            raise ValueError(f'training source {self.name!r}: unknown kind {self.kind!r}; valid: {list(SOURCE_KINDS)}')
+        if self.kind == 'lmdb' and not self.paths:
+            raise ValueError(f'training source {self.name!r}: an LMDB source needs paths: [<dir>, ...]')
 
 
 def resolve_dir(root: Path, candidates: Sequence[str], what: str) -> Path:
@@ -85,6 +101,9 @@ class SceneTextDataModule(pl.LightningDataModule):
         return_boxes: training batches get a third column: per sample, one ``[x0, y0, x1, y1]`` box per label
             character in pixels of the model input (after the resize), or None where the data has no (usable)
             boxes. The augmentation ops that move pixels are then left out (see :func:`without_geometric_ops`).
+        val_synthetic: validate on a fixed synthetic split instead of ``val``: ``{size: N, seed: S, ...}`` plus
+            any synthetic source option (default seed: ``seed + 1000003``, so it never overlaps training streams
+            of the default seed).
     """
 
     def __init__(
@@ -107,6 +126,7 @@ class SceneTextDataModule(pl.LightningDataModule):
         min_image_size: int = 0,
         samples_per_epoch: int | None = None,
         return_boxes: bool = False,
+        val_synthetic: Mapping[str, Any] | None = None,
         seed: int = 0,
         cache_dir: str | None = str(DEFAULT_CACHE_DIR),
     ) -> None:
@@ -132,6 +152,7 @@ class SceneTextDataModule(pl.LightningDataModule):
         self.min_image_size = min_image_size
         self.samples_per_epoch = samples_per_epoch
         self.return_boxes = return_boxes
+        self.val_synthetic = dict(val_synthetic) if val_synthetic else None
         self.seed = seed
         self.cache_dir = cache_dir
         self._train: Dataset | None = None
@@ -162,6 +183,15 @@ class SceneTextDataModule(pl.LightningDataModule):
             transform = ImageTransform(self.preprocess, build_augmentation(augment_cfg))
             parts = []
             for source in self.train_sources:
+                if source.kind == 'synthetic':
+                    parts.append(self._stream(source.options, transform, self.return_boxes))
+                    log.info(
+                        'training source %s: synthetic images rendered on the fly (seed %d, weight %.3g)',
+                        source.name,
+                        parts[-1].generator.seed,
+                        source.weight,
+                    )
+                    continue
                 path = resolve_dir(self.root_dir, source.paths, f'training source {source.name!r}')
                 datasets = self._open([path], self.charset_train, transform, self.return_boxes)
                 parts.append(ConcatDataset(datasets))
@@ -177,11 +207,27 @@ class SceneTextDataModule(pl.LightningDataModule):
             self._train = ConcatDataset(parts)
         return self._train
 
+    def _stream(
+        self, options: Mapping[str, Any] | None, transform: Callable, return_boxes: bool = False
+    ) -> SyntheticStream:
+        options = {'seed': self.seed, **dict(options or {})}
+        box_transform = self.preprocess.map_boxes if return_boxes else None
+        return build_stream(options, self.charset_train, self.max_label_length, transform, return_boxes, box_transform)
+
     @property
     def val_dataset(self) -> Dataset:
         if self._val is None:
-            path = resolve_dir(self.root_dir, self.val_dirs, 'validation data')
-            self._val = ConcatDataset(self._open([path], self.charset_test, ImageTransform(self.preprocess)))
+            if self.val_synthetic:
+                # A fixed synthetic validation split: the first `size` samples of a stream with its own seed.
+                options = dict(self.val_synthetic)
+                size = int(options.pop('size', 2000))
+                options.setdefault('seed', self.seed + VAL_SEED_OFFSET)
+                stream = self._stream(options, ImageTransform(self.preprocess))
+                self._val = Subset(stream, range(size))
+                log.info('validation: %d synthetic samples (seed %d)', size, stream.generator.seed)
+            else:
+                path = resolve_dir(self.root_dir, self.val_dirs, 'validation data')
+                self._val = ConcatDataset(self._open([path], self.charset_test, ImageTransform(self.preprocess)))
         return self._val
 
     def find_benchmarks(self, names: Sequence[str]) -> tuple[dict[str, Path], list[str]]:
@@ -224,12 +270,14 @@ class SceneTextDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         dataset = self.train_dataset
-        if len(self.train_sources) > 1 or self.samples_per_epoch:
+        streams = [s.kind == 'synthetic' for s in self.train_sources]
+        if len(self.train_sources) > 1 or self.samples_per_epoch or any(streams):
             sampler = RatioSampler(
                 self._train_sizes,
                 [s.weight for s in self.train_sources],
                 num_samples=self.samples_per_epoch,
                 seed=self.seed,
+                streams=streams,
             )
             return self._loader(dataset, sampler=sampler)
         return self._loader(dataset, shuffle=True)

@@ -15,18 +15,36 @@ class RatioSampler(Sampler[int]):
     of the ``num_samples`` draws of an epoch, each source without replacement while it lasts (then reshuffled),
     so a small real set mixed 50:50 with a huge synthetic one is repeated and the synthetic one sub-sampled.
     Call :meth:`set_epoch` for a new order each epoch (Lightning does, and wraps it for DDP).
+
+    Sources flagged in ``streams`` (on-the-fly synthetic data, of a huge virtual size) are not shuffled: epoch ``e``
+    takes their next ``count`` indices, ``e * count`` to ``(e + 1) * count - 1``, so no sample is ever repeated and
+    the draw needs no memory. ``num_samples`` is then required.
     """
 
     def __init__(
-        self, sizes: Sequence[int], weights: Sequence[float], num_samples: int | None = None, seed: int = 0
+        self,
+        sizes: Sequence[int],
+        weights: Sequence[float],
+        num_samples: int | None = None,
+        seed: int = 0,
+        streams: Sequence[bool] | None = None,
     ) -> None:
         if len(sizes) != len(weights):
             raise ValueError(f'{len(sizes)} sources but {len(weights)} weights')
+        streams = list(streams) if streams is not None else [False] * len(sizes)
+        if len(streams) != len(sizes):
+            raise ValueError(f'{len(sizes)} sources but {len(streams)} stream flags')
+        if any(streams) and num_samples is None:
+            raise ValueError(
+                'a synthetic stream is endless: set data.samples_per_epoch (e.g. 100000) to say how many '
+                'samples make an epoch'
+            )
         if any(w < 0 for w in weights) or sum(weights) <= 0:
             raise ValueError(f'source weights must be non-negative and not all zero, got {list(weights)}')
         if any(n == 0 for n, w in zip(sizes, weights) if w > 0):
             raise ValueError('a training source with a non-zero weight has no samples')
         self.sizes = list(sizes)
+        self.streams = streams
         self.weights = [w / sum(weights) for w in weights]
         self.num_samples = num_samples if num_samples is not None else sum(sizes)
         self.seed = seed
@@ -47,8 +65,11 @@ class RatioSampler(Sampler[int]):
         gen = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
         offset = 0
         picks = []
-        for size, count in zip(self.sizes, self.counts):
-            if count:
+        for size, count, stream in zip(self.sizes, self.counts, self.streams):
+            if count and stream:
+                first = self.epoch * count % max(size - count, 1)
+                picks.append(torch.arange(first, first + count) + offset)
+            elif count:
                 repeats = -(-count // size)
                 order = torch.cat([torch.randperm(size, generator=gen) for _ in range(repeats)])[:count]
                 picks.append(order + offset)
