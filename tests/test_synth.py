@@ -203,3 +203,62 @@ def test_cli_writes_a_dataset(tmp_path):
     assert content[b'num-samples'] == b'3'
     assert all(content[f'label-{k:09d}'.encode()].decode().isdigit() for k in (1, 2, 3))
     assert Image.open(io.BytesIO(content[b'image-000000001'])).height == 24
+
+
+# Every scene-text effect at probability 1, so that each one runs on every sample.
+ALL_EFFECTS = dict(
+    occluder_prob=1.0,
+    lighting_prob=1.0,
+    colour_cast_prob=1.0,
+    motion_blur_prob=1.0,
+    defocus_prob=1.0,
+    low_contrast_prob=1.0,
+)
+
+
+@pytest.mark.parametrize('kind', ['texture', 'stripes', 'image'])
+def test_scene_effects_and_backgrounds_are_deterministic(kind, tmp_path):
+    photos = tmp_path / 'photos'
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (60, 90, 3), dtype=np.uint8)).save(photos / 'a.png')
+    cfg = RenderConfig.scene(background_weights={kind: 1.0}, background_images=[str(photos)], **ALL_EFFECTS)
+    generator = SyntheticWordGenerator('abcdef', random_ratio=1.0, cfg=cfg, seed=1)
+    for index in range(3):
+        (a, label_a, boxes_a), (b, label_b, boxes_b) = generator.sample(index), generator.sample(index)
+        assert a.mode == 'RGB' and a.height == 32
+        assert a.tobytes() == b.tobytes() and label_a == label_b and boxes_a == boxes_b
+    assert generator.sample(0)[0].tobytes() != generator.sample(1)[0].tobytes()
+
+
+def test_scene_preset_keeps_text_visible():
+    """The effects must not wipe the word out: text pixels still differ clearly from the background on average."""
+    generator = SyntheticWordGenerator('abcdef', random_ratio=1.0, cfg=RenderConfig.scene(), seed=0)
+    spreads = [np.asarray(generator.sample(i)[0].convert('L'), np.float32).std() for i in range(40)]
+    assert np.median(spreads) > 12
+
+
+def test_render_presets_and_their_errors(tmp_path):
+    assert RenderConfig.preset('plain').blur_prob == 0.0
+    assert RenderConfig.preset('scene', blur_prob=0.0).occluder_prob > 0
+    with pytest.raises(ValueError, match="valid: 'default', 'plain', 'scene'"):
+        RenderConfig.preset('photo')
+    with pytest.raises(ValueError, match='background_images is empty'):
+        RenderConfig(background_weights={'image': 1.0})
+    cfg = RenderConfig(background_weights={'image': 1.0}, background_images=[str(tmp_path)])
+    with pytest.raises(FileNotFoundError, match='no background photos'):
+        SyntheticWordGenerator('abc', random_ratio=1.0, cfg=cfg).sample(0)
+    with pytest.raises(ValueError, match='motion_blur_length'):
+        RenderConfig(motion_blur_length=(2, 9))
+
+
+def test_cli_draws_a_contact_sheet(tmp_path):
+    spec = importlib.util.spec_from_file_location('synth_cli', REPO_ROOT / 'tools' / 'synth.py')
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    out = tmp_path / 'sheet.png'
+    cli.main(['--sheet', str(out), '--num', '6', '--charset', 'abc', '--preset', 'scene', '--set', 'blur_prob=1.0'])
+    sheet = Image.open(out)
+    assert sheet.width > 100 and sheet.height > 40
+    with pytest.raises(SystemExit, match='FIELD=VALUE'):
+        cli.main(['--sheet', str(out), '--set', 'blurr=1'])

@@ -224,24 +224,45 @@ def draw_contact_sheet(
     if num < 1 or columns < 1:
         raise ValueError(f'num ({num}) and columns ({columns}) must be at least 1')
     _require_lmdb_dir(path)
-    font = ImageFont.load_default(size=font_size)
     cell_w, cell_h = cell_size
-    caption_h = font_size + 6
     with shared_readonly_env(path).begin() as txn:
         total = read_num_samples(txn, path)
         if total == 0:
             raise ValueError(f'{path} holds no samples; nothing to draw')
         indices = sorted(random.Random(seed).sample(range(1, total + 1), min(num, total)))
-        columns = min(columns, len(indices))
-        rows = -(-len(indices) // columns)
-        sheet = Image.new('RGB', (columns * cell_w, rows * (cell_h + caption_h)), 'white')
-        draw = ImageDraw.Draw(sheet)
-        for position, index in enumerate(indices):
-            x = (position % columns) * cell_w
-            y = (position // columns) * (cell_h + caption_h)
+        cells = []
+        for index in indices:
             thumbnail, caption = _sample_thumbnail(txn, index, (cell_w - 4, cell_h - 4))
-            sheet.paste(thumbnail, (x + (cell_w - thumbnail.width) // 2, y + (cell_h - thumbnail.height) // 2))
-            draw.text((x + 2, y + cell_h + 1), f'{index}: {caption}', fill='black', font=font)
+            cells.append((thumbnail, f'{index}: {caption}'))
+    return save_contact_sheet(cells, out, columns, cell_size, font_size)
+
+
+def save_contact_sheet(
+    cells: list[tuple[Image.Image, str]],
+    out: str | os.PathLike,
+    columns: int = 8,
+    cell_size: tuple[int, int] = (160, 48),
+    font_size: int = 14,
+) -> Path:
+    """Lays out (image, caption) pairs on a grid, each image scaled to fit ``cell_size``; writes a PNG."""
+    if not cells:
+        raise ValueError('no samples to draw')
+    out = Path(out)
+    font = ImageFont.load_default(size=font_size)
+    cell_w, cell_h = cell_size
+    caption_h = font_size + 6
+    columns = min(columns, len(cells))
+    rows = -(-len(cells) // columns)
+    sheet = Image.new('RGB', (columns * cell_w, rows * (cell_h + caption_h)), 'white')
+    draw = ImageDraw.Draw(sheet)
+    for position, (image, caption) in enumerate(cells):
+        x = (position % columns) * cell_w
+        y = (position // columns) * (cell_h + caption_h)
+        scale = min((cell_w - 4) / image.width, (cell_h - 4) / image.height)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        thumbnail = image.convert('RGB').resize(size, Image.Resampling.BILINEAR) if image.size != size else image
+        sheet.paste(thumbnail, (x + (cell_w - thumbnail.width) // 2, y + (cell_h - thumbnail.height) // 2))
+        draw.text((x + 2, y + cell_h + 1), caption, fill='black', font=font)
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out, format='PNG')
     return out

@@ -145,8 +145,13 @@ def _paint(alpha: np.ndarray, rng: np.random.Generator, cfg: RenderConfig) -> Im
     kinds = [k for k in BACKGROUND_KINDS if cfg.background_weights.get(k, 0.0) > 0]
     weights = np.array([cfg.background_weights[k] for k in kinds])
     kind = kinds[rng.choice(len(kinds), p=weights / weights.sum())]
-    palette = appearance.choose_palette(rng, cfg, varied=kind != 'solid')
-    image = appearance.make_background(rng, kind, palette, height, width)
+    contrast = cfg.low_contrast if cfg.low_contrast_prob and rng.random() < cfg.low_contrast_prob else cfg.min_contrast
+    if kind == 'image':
+        image = appearance.photo_background(rng, cfg.background_images, height, width)
+        palette = appearance.palette_for_image(rng, image, contrast)
+    else:
+        palette = appearance.choose_palette(rng, cfg, varied=kind != 'solid', min_contrast=contrast)
+        image = appearance.make_background(rng, kind, palette, height, width)
     if rng.random() < cfg.clutter_prob:
         image = appearance.add_clutter(rng, image, palette)
     if rng.random() < cfg.shadow_prob:
@@ -154,4 +159,10 @@ def _paint(alpha: np.ndarray, rng: np.random.Generator, cfg: RenderConfig) -> Im
     if rng.random() < cfg.outline_prob:
         image = appearance.add_outline(image, alpha, palette.outline, thickness=max(1, round(height / 32)))
     image = appearance.blend(image, alpha, palette.text)
+    if cfg.occluder_prob and rng.random() < cfg.occluder_prob:
+        image = appearance.add_occluder(rng, image, palette)
+    if cfg.lighting_prob and rng.random() < cfg.lighting_prob:
+        image = appearance.apply_lighting(rng, image, cfg.lighting_strength)
+    if cfg.colour_cast_prob and rng.random() < cfg.colour_cast_prob:
+        image = appearance.colour_cast(rng, image)
     return appearance.degrade(image, rng, cfg)
