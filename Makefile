@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 REQS := requirements/core.txt requirements/train.txt requirements/bench.txt requirements/tune.txt requirements/test.txt requirements/export.txt requirements/dev.txt
 DEMO_DIR ?= data/demo
 
-.PHONY: venv demo test lint format bench reqs clean-venv
+.PHONY: venv demo test lint format bench reqs clean-venv real-data synth-cpu
 
 venv: $(VENV)/.installed
 
@@ -33,6 +33,17 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest -q tests
+
+# Real word crops (folders of images + labels.tsv) -> data/real/{all,finetune,heldout}/<set> LMDBs.
+REAL_SRC ?= ../shared/data/real
+real-data: venv
+	$(PY) tools/prepare_real.py --src $(REAL_SRC) --out data/real --overwrite
+
+# The <= 2 h CPU recipe from the synthetic stream, then its accuracy on every real crop (held out from training).
+SYNTH_CPU_RUN ?= outputs/parseq-synth-cpu/run
+synth-cpu: venv real-data
+	$(PY) train.py +experiment=parseq-synth-cpu hydra.run.dir=$(SYNTH_CPU_RUN)
+	$(PY) test.py $(SYNTH_CPU_RUN)/checkpoints/last.ckpt --test_dirs data/real/all
 
 lint: venv
 	$(VENV)/bin/ruff check strhub tests tools *.py

@@ -11,7 +11,9 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import time
 import warnings
+import weakref
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -37,6 +39,43 @@ OPTIMIZERS = {
     'sgd': torch.optim.SGD,
 }
 SCHEDULERS = ('onecycle', 'cosine_warm_restarts', 'cosine', 'constant')
+
+
+class TimeBudgetOneCycle:
+    """OneCycle's shape (linear warm-up, cosine decay to ``final_ratio``) over whichever ends first: ``total_steps``
+    or ``budget_s`` seconds of training time. A recipe meant to fit a time budget thus anneals fully on any machine
+    (set ``trainer.max_time`` to the same budget and ``max_steps`` to an upper bound).
+
+    Progress is ``max(step / total_steps, elapsed / budget_s)``. The elapsed training time is kept in the
+    scheduler's state (``elapsed_s``), so a resumed run continues where it stopped; the time between the stop and
+    the resume does not count.
+    """
+
+    # This process's (monotonic clock, elapsed_s) when the current run (fresh or resumed) took its first step.
+    # Kept outside the instance so that it is not saved with the scheduler state.
+    _sessions: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    def __init__(self, total_steps: int, budget_s: float, warmup_pct: float, final_ratio: float = 1e-3) -> None:
+        if budget_s <= 0:
+            raise ValueError(f'scheduler.time_budget_s is {budget_s}; give the training time budget in seconds')
+        self.total_steps = max(1, total_steps)
+        self.budget_s = budget_s
+        self.warmup_pct = warmup_pct
+        self.final_ratio = final_ratio
+        self.elapsed_s = 0.0
+
+    def __call__(self, step: int) -> float:
+        if step > 0:  # step 0 is the scheduler's construction, before training (and before a resume's state)
+            now = time.monotonic()
+            start, base = self._sessions.setdefault(self, (now, self.elapsed_s))
+            self.elapsed_s = base + now - start
+        progress = min(1.0, max(step / self.total_steps, self.elapsed_s / self.budget_s))
+        if progress < self.warmup_pct:
+            return max(progress / self.warmup_pct, 1e-3)
+        decay = (progress - self.warmup_pct) / max(1e-9, 1.0 - self.warmup_pct)
+        return self.final_ratio + (1.0 - self.final_ratio) * 0.5 * (1.0 + math.cos(math.pi * decay))
+
+
 SYSTEM_KEY = 'strhub_system'  # checkpoint entry naming the system class that rebuilds the model
 
 # The epoch-level validation figures come from torchmetrics' compute(), which already sums the states of all DDP
@@ -216,6 +255,9 @@ class BaseSystem(pl.LightningModule):
         cfg = dict(self.hparams.scheduler or {'name': 'onecycle'})
         name = cfg.pop('name', 'onecycle')
         total = self.trainer.estimated_stepping_batches
+        if name == 'onecycle' and cfg.get('time_budget_s'):
+            shape = TimeBudgetOneCycle(int(total), float(cfg['time_budget_s']), cfg.get('warmup_pct', 0.075))
+            return torch.optim.lr_scheduler.LambdaLR(optimizer, shape)
         if name == 'onecycle':
             return torch.optim.lr_scheduler.OneCycleLR(
                 optimizer,
