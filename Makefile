@@ -40,9 +40,9 @@ real-data: venv
 	$(PY) tools/prepare_real.py --src $(REAL_SRC) --out data/real --overwrite
 
 # The <= 2 h CPU recipe from the synthetic stream, then its accuracy on every real crop (held out from training).
-SYNTH_CPU_RUN ?= outputs/parseq-synth-cpu/run
+SYNTH_CPU_RUN ?= outputs/crnn-synth-cpu/run
 synth-cpu: venv real-data
-	$(PY) train.py +experiment=parseq-synth-cpu hydra.run.dir=$(SYNTH_CPU_RUN)
+	$(PY) train.py +experiment=crnn-synth-cpu hydra.run.dir=$(SYNTH_CPU_RUN)
 	$(PY) test.py $(SYNTH_CPU_RUN)/checkpoints/last.ckpt --test_dirs data/real/all
 
 lint: venv

@@ -12,7 +12,7 @@ from strhub.models.loading import load
 from strhub.training import build_datamodule, train
 from tests.conftest import make_word_lmdb
 
-RECIPES = ['parseq-synth-cpu', 'parseq-synth-gpu', 'parseq-real-finetune']
+RECIPES = ['parseq-synth-cpu', 'parseq-synth-gpu', 'parseq-real-finetune', 'crnn-synth-cpu', 'crnn-real-finetune']
 
 # Few, small steps; the architecture stays the recipe's own.
 SHORT = [
@@ -52,19 +52,21 @@ def test_recipe_composes_with_a_synthetic_stream(recipe, real_root):
     assert image.shape == (3, *cfg.model.img_size) and 0 < len(label) <= cfg.model.max_label_length
 
 
-def test_synthetic_recipes_train_then_fine_tune(real_root, tmp_path):
+@pytest.mark.parametrize('model', ['parseq', 'crnn'])
+def test_synthetic_recipes_train_then_fine_tune(model, real_root, tmp_path):
     synth_dir = tmp_path / 'synth'
     system, trainer = train(
-        compose_config(['+experiment=parseq-synth-cpu', 'data.val_synthetic.size=4', *SHORT]), synth_dir
+        compose_config([f'+experiment={model}-synth-cpu', 'data.val_synthetic.size=4', *SHORT]), synth_dir
     )
     assert trainer.global_step == 2
     checkpoint = synth_dir / 'checkpoints' / 'last.ckpt'
-    assert load(str(checkpoint)).model.pos_queries.shape == system.model.pos_queries.shape
+    loaded = load(str(checkpoint)).model.state_dict()
+    assert {k: v.shape for k, v in loaded.items()} == {k: v.shape for k, v in system.model.state_dict().items()}
 
     tune_dir = tmp_path / 'finetune'
     _, trainer = train(
         compose_config(
-            ['+experiment=parseq-real-finetune', f'pretrained={checkpoint}', f'data.root_dir={real_root}', *SHORT]
+            [f'+experiment={model}-real-finetune', f'pretrained={checkpoint}', f'data.root_dir={real_root}', *SHORT]
         ),
         tune_dir,
     )
