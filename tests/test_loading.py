@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import pickle
+import re
 
 import pytest
 import torch
@@ -74,9 +75,11 @@ def test_fine_tune_to_another_charset_reinitialises_heads(tmp_path, caplog):
     save_file({f'model.{k}': v.contiguous() for k, v in source.model.state_dict().items()}, str(path))
     target = tiny_system('charset=62_mixed-case')
     fresh_head = target.model.head.weight.detach().clone()
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         load_pretrained_weights(target, path)
     assert 're-initialised' in caplog.text and 'model.head.weight' in caplog.text
+    loaded, total = map(int, re.search(r"loaded (\d+) of the model's (\d+) tensors", caplog.text).groups())
+    assert 0 < loaded < total  # the run's log says what it started from, and that it was not everything
     torch.testing.assert_close(target.model.head.weight, fresh_head)  # kept its fresh initialisation
     enc_key = next(k for k in source.model.state_dict() if k.startswith('encoder.'))
     torch.testing.assert_close(target.model.state_dict()[enc_key], source.model.state_dict()[enc_key])

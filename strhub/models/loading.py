@@ -169,6 +169,7 @@ def load_pretrained_weights(system: BaseSystem, spec: str | os.PathLike) -> None
             ', '.join((unexpected + missing)[:5]),
         )
     system.load_state_dict(compatible, strict=False)
+    log.info("pretrained %s: loaded %d of the model's %d tensors", spec, len(compatible), len(own))
 
 
 def count_parameters(module: nn.Module) -> int:
