@@ -34,7 +34,6 @@ from strhub.models.parseq import PARSeq
 CHARSET_94 = '0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ!"#$%&\'()*+,-./:;<=>?@[\\]^_`{|}~'
 MAX_LABEL_LENGTH = 25
 MIN_ROUNDS = 3
-VARIANTS = ('published', 'recompute', 'cached')
 
 
 class PublishedStyleDecoder(nn.Module):
@@ -65,9 +64,7 @@ class PublishedStyleDecoder(nn.Module):
 
     def _decode(self, tgt: Tensor, memory: Tensor, tgt_mask, padding, query: Tensor, query_mask) -> Tensor:
         model = self.model
-        content = torch.cat(
-            [model.text_embed(tgt[:, :1]), model.pos_queries[:, : tgt.shape[1] - 1] + model.text_embed(tgt[:, 1:])], 1
-        )
+        content = model._embed_context(tgt)  # the same embedding as the published code's
         last = len(model.decoder.layers) - 1
         for i, layer in enumerate(model.decoder.layers):
             content_norm = layer.norm_c(content)
