@@ -135,5 +135,6 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: Sequence[pl.Callback]
     trainer.fit(system, datamodule=datamodule, ckpt_path=resume)
     # last.ckpt is otherwise written only after a validation; make it hold the final step too.
     if not trainer.interrupted:
-        trainer.save_checkpoint(run_dir / 'checkpoints' / 'last.ckpt')
+        # Full state (optimiser, scheduler, loops), so that ckpt_path= can resume or extend the run from it.
+        trainer.save_checkpoint(run_dir / 'checkpoints' / 'last.ckpt', weights_only=False)
     return system, trainer

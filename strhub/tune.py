@@ -268,7 +268,7 @@ class TuneReportCallback(pl.Callback):
             tune.report(metrics)
             return
         with tempfile.TemporaryDirectory(dir=trainer.default_root_dir) as tmp:
-            trainer.save_checkpoint(Path(tmp) / CHECKPOINT_FILE)
+            trainer.save_checkpoint(Path(tmp) / CHECKPOINT_FILE, weights_only=False)  # full state: trials resume
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
 
 

@@ -85,6 +85,22 @@ def test_fine_tune_to_another_charset_reinitialises_heads(tmp_path, caplog):
     torch.testing.assert_close(target.model.state_dict()[enc_key], source.model.state_dict()[enc_key])
 
 
+def test_fine_tune_from_another_size_names_the_checkpoints_architecture(tmp_path, caplog):
+    source = tiny_system('model.arch.dec_mlp_ratio=3')
+    path = tmp_path / 'run.ckpt'
+    torch.save({'state_dict': source.state_dict(), 'hyper_parameters': dict(source.hparams)}, path)
+    target = tiny_system()  # the experiment's own size, not the checkpoint's
+    with caplog.at_level(logging.INFO):
+        load_pretrained_weights(target, path)
+    assert 'model.decoder.layers.0.linear1.weight' in caplog.text
+    assert "trained with 'model.arch.dec_mlp_ratio=3' (this run: dec_mlp_ratio=2)" in caplog.text
+    caplog.clear()
+    same = tiny_system('model.arch.dec_mlp_ratio=3')
+    with caplog.at_level(logging.INFO):
+        load_pretrained_weights(same, path)
+    assert 're-initialised' not in caplog.text and 'trained with' not in caplog.text
+
+
 def test_checkpoints_cannot_run_code(tmp_path):
     class Evil:
         def __reduce__(self):
