@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -153,32 +153,32 @@ def load_pretrained_weights(system: BaseSystem, spec: str | os.PathLike) -> None
             f'{spec}: none of its {len(state)} tensors fits {type(system.model).__name__}; is it a '
             f'checkpoint of another architecture? (first keys: {list(state)[:5]})'
         )
-    hint = _arch_hint(checkpoint, system) if reinitialised or unexpected or missing else ''
     if reinitialised:
         log.warning(
-            'pretrained %s: re-initialised %d tensor(s) whose shape differs (another charset, max length or size): '
-            '%s%s',
+            'pretrained %s: re-initialised %d tensor(s) whose shape differs (another charset, max length or size): %s',
             spec,
             len(reinitialised),
             ', '.join(reinitialised),
-            hint,
         )
     if unexpected or missing:
         log.warning(
-            'pretrained %s: %d unexpected and %d missing key(s) (e.g. %s)%s',
+            'pretrained %s: %d unexpected and %d missing key(s) (e.g. %s)',
             spec,
             len(unexpected),
             len(missing),
             ', '.join((unexpected + missing)[:5]),
-            hint if not reinitialised else '',
         )
+    if reinitialised or unexpected or missing:
+        hint = _arch_hint(checkpoint, system)
+        if hint:
+            log.warning('pretrained %s: %s', spec, hint)
     system.load_state_dict(compatible, strict=False)
     log.info("pretrained %s: loaded %d of the model's %d tensors", spec, len(compatible), len(own))
 
 
 def _arch_hint(checkpoint: Mapping[str, Any], system: BaseSystem) -> str:
     """For a fine-tuning run whose model is not the checkpoint's: the ``model.arch`` overrides that would rebuild the
-    checkpoint's architecture (our checkpoints embed their config), as text to append to a warning."""
+    checkpoint's architecture (our checkpoints embed their config), or '' when there is no such difference."""
     theirs = (checkpoint.get('hyper_parameters') or {}).get('arch')
     ours = getattr(system.hparams, 'arch', None)
     if not isinstance(theirs, Mapping) or not isinstance(ours, Mapping):
@@ -186,17 +186,13 @@ def _arch_hint(checkpoint: Mapping[str, Any], system: BaseSystem) -> str:
     differ = [k for k in sorted(set(theirs) | set(ours)) if theirs.get(k) != ours.get(k)]
     if not differ:
         return ''
-    overrides = ' '.join(f"'model.arch.{k}={_literal(theirs[k])}'" for k in differ if k in theirs)
-    this_run = ', '.join(f'{k}={_literal(ours.get(k))}' for k in differ)
-    return f'. The checkpoint was trained with {overrides} (this run: {this_run}); add those to fine-tune it whole'
 
+    def literal(value: Any) -> str:  # as a Hydra override value: lists and dicts without spaces
+        return str(value).replace(' ', '')
 
-def _literal(value: Any) -> str:
-    if isinstance(value, Mapping):
-        value = dict(value)
-    elif isinstance(value, Sequence) and not isinstance(value, str):
-        value = list(value)
-    return str(value).replace(' ', '')
+    overrides = ' '.join(f"'model.arch.{k}={literal(theirs[k])}'" for k in differ if k in theirs)
+    this_run = ', '.join(f'{k}={literal(ours.get(k))}' for k in differ)
+    return f'the checkpoint was trained with {overrides} (this run: {this_run}); add those to fine-tune it whole'
 
 
 def count_parameters(module: nn.Module) -> int:
