@@ -89,6 +89,10 @@ class TokenEmbedding(nn.Module):
         """(N, L) ids -> (N, L, embed_dim)."""
         return self.scale * self.embedding(tokens)
 
+    def table(self) -> Tensor:
+        """(num_tokens, embed_dim): every token's embedding, so that a decoding loop can index rows directly."""
+        return self.scale * self.embedding.weight
+
 
 class MultiheadAttention(nn.Module):
     """Multi-head attention with ``nn.MultiheadAttention``'s parameters, split into projection and attention steps
@@ -114,9 +118,16 @@ class MultiheadAttention(nn.Module):
 
     def project_key_value(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(N, S, D) -> keys and values, each (N, num_heads, S, head_dim)."""
+        return self.split_key_value(self.project_packed_key_value(x))
+
+    def project_packed_key_value(self, x: Tensor) -> Tensor:
+        """(..., D) -> (..., 2D): keys then values, heads not yet split (the layout of the decoding cache)."""
         d = self.embed_dim
-        kv = F.linear(x, self.in_proj_weight[d:], self.in_proj_bias[d:])
-        k, v = kv.unflatten(-1, (2, self.num_heads, -1)).permute(2, 0, 3, 1, 4)
+        return F.linear(x, self.in_proj_weight[d:], self.in_proj_bias[d:])
+
+    def split_key_value(self, packed: Tensor) -> tuple[Tensor, Tensor]:
+        """(N, S, 2D) packed keys and values -> keys and values, each an (N, num_heads, S, head_dim) view."""
+        k, v = packed.unflatten(-1, (2, self.num_heads, -1)).permute(2, 0, 3, 1, 4)
         return k, v
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None = None) -> Tensor:
@@ -220,14 +231,10 @@ class Decoder(nn.Module):
         first = self.layers[0]
         return first.self_attn.project_query(first.norm_q(query))
 
-    def new_cache(self, batch_size: int, max_steps: int, like: Tensor) -> LayerKeyValues:
-        """Empty per-layer content key/value buffers, (N, H, max_steps, d_h) each, for :meth:`forward_step`."""
-        cache = []
-        for layer in self.layers:
-            attn = layer.self_attn
-            shape = (batch_size, attn.num_heads, max_steps, attn.embed_dim // attn.num_heads)
-            cache.append((like.new_empty(shape), like.new_empty(shape)))
-        return cache
+    def new_cache(self, batch_size: int, max_steps: int, like: Tensor) -> list[Tensor]:
+        """Empty per-layer content key/value buffers for :meth:`forward_step`: (N, max_steps, 2D) each, a position's
+        keys and values packed in one row, so that a step writes its projection with a single copy."""
+        return [like.new_empty(batch_size, max_steps, 2 * layer.self_attn.embed_dim) for layer in self.layers]
 
     def forward_step(
         self,
@@ -235,7 +242,7 @@ class Decoder(nn.Module):
         first_self_query: Tensor,
         content: Tensor,
         memory_kv: LayerKeyValues,
-        cache: LayerKeyValues,
+        cache: list[Tensor],
         position: int,
     ) -> Tensor:
         """One left-to-right decoding step with cached content keys/values.
@@ -257,19 +264,17 @@ class Decoder(nn.Module):
         end = position + 1
         query_q = first_self_query
         for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
             content_norm = layer.norm_c(content)
-            k, v = layer.self_attn.project_key_value(content_norm)
-            keys, values = cache[i]
-            keys[:, :, position:end] = k
-            values[:, :, position:end] = v
-            content_kv = keys[:, :, :end], values[:, :, :end]
+            cache[i][:, position : position + 1] = attn.project_packed_key_value(content_norm)
+            content_kv = attn.split_key_value(cache[i][:, :end])
             if i > 0:
-                query_q = layer.self_attn.project_query(layer.norm_q(query))
+                query_q = attn.project_query(layer.norm_q(query))
             if i == last:
                 query = layer.forward_stream(query, query_q, content_kv, memory_kv[i], None)
             else:
                 # Both streams see exactly content 0..position here, so one pass serves both.
-                both_q = torch.cat([query_q, layer.self_attn.project_query(content_norm)], dim=2)
+                both_q = torch.cat([query_q, attn.project_query(content_norm)], dim=2)
                 both = layer.forward_stream(torch.cat([query, content], dim=1), both_q, content_kv, memory_kv[i], None)
                 query, content = both.split(1, dim=1)
         return self.norm(query)
@@ -480,14 +485,16 @@ class PARSeq(nn.Module):
 
     def _decode_ar_cached(self, memory: Tensor, memory_kv: LayerKeyValues, num_steps: int, stop_early: bool) -> Tensor:
         """Left-to-right greedy decoding that computes one new position per step (see :meth:`Decoder.forward_step`)."""
+        check_every = self.eos_check_interval or (
+            1 if memory.device.type == 'cpu' else self.accelerator_eos_check_interval
+        )
+        if len(self.decoder.layers) == 1 and not self.training and self._float_linears():
+            return self._decode_ar_one_layer(memory_kv[0], num_steps, stop_early, check_every)
         n = memory.shape[0]
         cache = self.decoder.new_cache(n, num_steps, memory)
         logits = memory.new_empty(n, num_steps, self.head.out_features)
         token = torch.full((n, 1), self.bos_id, dtype=torch.long, device=memory.device)
         ended = torch.zeros(n, dtype=torch.bool, device=memory.device)
-        check_every = self.eos_check_interval or (
-            1 if memory.device.type == 'cpu' else self.accelerator_eos_check_interval
-        )
         queries = F.dropout(self.pos_queries[:, :num_steps], self.dropout, self.training)
         first_self_queries = self.decoder.project_first_queries(queries).expand(n, -1, -1, -1)
         queries = queries.expand(n, -1, -1)
@@ -507,6 +514,68 @@ class PARSeq(nn.Module):
                     if (i + 1) % check_every == 0 and ended.all():
                         return self._cut_after_last_eos(logits[:, : i + 1])
         return logits
+
+    def _float_linears(self) -> bool:
+        """Whether the decoder's linear layers are plain float ones (not, e.g., dynamically quantised modules, whose
+        ``weight`` is a method): :meth:`_decode_ar_one_layer` reads their parameters directly."""
+        layer = self.decoder.layers[0]
+        linears = (layer.self_attn.out_proj, layer.cross_attn.out_proj, layer.linear1, layer.linear2, self.head)
+        return all(isinstance(module.weight, Tensor) for module in linears)
+
+    def _decode_ar_one_layer(
+        self, memory_kv: tuple[Tensor, Tensor], num_steps: int, stop_early: bool, check_every: int
+    ) -> Tensor:
+        """:meth:`_decode_ar_cached` for the published one-layer decoder in eval mode, the same arithmetic written for
+        the per-step loop: (N, D) rows instead of (N, 1, D) sequences, functional calls on the parameters, weight
+        slices, position terms and views taken once before the loop, and the step's keys/values projected straight
+        into the cache. At batch 1 on a CPU the step is a handful of matrix-vector products, so the other ops' fixed
+        cost is a large share of its time. No dropout: eval mode only.
+        """
+        layer, final_norm, head = self.decoder.layers[0], self.decoder.norm, self.head
+        self_attn, cross = layer.self_attn, layer.cross_attn
+        n, num_heads, _, head_dim = memory_kv[0].shape
+        d = num_heads * head_dim
+        shape = (d,)
+        norm_c, norm1, norm2 = layer.norm_c, layer.norm1, layer.norm2
+        kv_weight, kv_bias = self_attn.in_proj_weight[d:].t(), self_attn.in_proj_bias[d:]
+        q_weight, q_bias = cross.in_proj_weight[:d], cross.in_proj_bias[:d]
+        out_weight = self_attn.out_proj.weight.t()
+        cross_out, linear1, linear2 = cross.out_proj, layer.linear1, layer.linear2
+        # The query stream's input is its position query, so its first residual term and self-attention query are
+        # the same for every image.
+        queries = self.pos_queries[0, :num_steps]
+        residual = queries + self_attn.out_proj.bias
+        self_queries = self.decoder.project_first_queries(queries[None]).expand(n, -1, -1, -1)
+        embeddings, positions = self.text_embed.table(), self.pos_queries[0]
+        cache = memory_kv[0].new_empty(n, num_steps, 2 * d)
+        keys, values = self_attn.split_key_value(cache)
+        token = torch.full((n,), self.bos_id, dtype=torch.long, device=cache.device)
+        ended = torch.zeros(n, dtype=torch.bool, device=cache.device)
+        logits = []
+        for i in range(num_steps):
+            # Context token i: BOS, then the character at position i - 1 with that position's query (_embed_context).
+            content = embeddings[token] if i == 0 else embeddings[token] + positions[i - 1]
+            content = F.layer_norm(content, shape, norm_c.weight, norm_c.bias, norm_c.eps)
+            cache[:, i] = torch.addmm(kv_bias, content, kv_weight)
+            end = i + 1
+            attended = F.scaled_dot_product_attention(self_queries[:, :, i:end], keys[:, :, :end], values[:, :, :end])
+            x = torch.addmm(residual[i], attended.view(n, d), out_weight)
+            q = F.linear(F.layer_norm(x, shape, norm1.weight, norm1.bias, norm1.eps), q_weight, q_bias)
+            attended = F.scaled_dot_product_attention(q.view(n, num_heads, 1, head_dim), *memory_kv)
+            x = x + F.linear(attended.view(n, d), cross_out.weight, cross_out.bias)
+            hidden = F.gelu(
+                F.linear(F.layer_norm(x, shape, norm2.weight, norm2.bias, norm2.eps), linear1.weight, linear1.bias)
+            )
+            x = x + F.linear(hidden, linear2.weight, linear2.bias)
+            x = F.layer_norm(x, shape, final_norm.weight, final_norm.bias, final_norm.eps)
+            logits.append(F.linear(x, head.weight, head.bias))
+            if end < num_steps:
+                token = logits[-1].argmax(-1)
+                if stop_early:
+                    ended |= token == self.eos_id
+                    if end % check_every == 0 and ended.all():
+                        return self._cut_after_last_eos(torch.stack(logits, dim=1))
+        return torch.stack(logits, dim=1)
 
     def _cut_after_last_eos(self, logits: Tensor) -> Tensor:
         """(N, L, C) logits in which every row has an EOS -> (N, L', C), L' = 1 + the latest first-EOS position:
