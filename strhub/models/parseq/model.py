@@ -546,15 +546,15 @@ class PARSeq(nn.Module):
         queries = self.pos_queries[0, :num_steps]
         residual = queries + self_attn.out_proj.bias
         self_queries = self.decoder.project_first_queries(queries[None]).expand(n, -1, -1, -1)
-        embeddings, positions = self.text_embed.table(), self.pos_queries[0]
-        cache = memory_kv[0].new_empty(n, num_steps, 2 * d)
+        embeddings = self.text_embed.table()
+        cache = self.decoder.new_cache(n, num_steps, memory_kv[0])[0]
         keys, values = self_attn.split_key_value(cache)
         token = torch.full((n,), self.bos_id, dtype=torch.long, device=cache.device)
         ended = torch.zeros(n, dtype=torch.bool, device=cache.device)
         logits = []
         for i in range(num_steps):
             # Context token i: BOS, then the character at position i - 1 with that position's query (_embed_context).
-            content = embeddings[token] if i == 0 else embeddings[token] + positions[i - 1]
+            content = embeddings[token] if i == 0 else embeddings[token] + queries[i - 1]
             content = F.layer_norm(content, shape, norm_c.weight, norm_c.bias, norm_c.eps)
             cache[:, i] = torch.addmm(kv_bias, content, kv_weight)
             end = i + 1
