@@ -10,13 +10,15 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
-from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from strhub.checkpointing import AtomicCheckpointIO, LastCheckpoint, RunDirectoryLock, resolve_resume_path
 from strhub.data.module import SceneTextDataModule
 from strhub.data.text import TextDataModule
 from strhub.models.base import BaseSystem
 from strhub.models.loading import build_system, count_parameters, load_pretrained_weights
+from strhub.progress import ProgressLog, stdout_is_terminal
 
 log = logging.getLogger(__name__)
 
@@ -29,21 +31,6 @@ def resolve_precision(precision: str | int | None, accelerator: str) -> str | in
     if not on_gpu:
         return '32-true'
     return 'bf16-mixed' if torch.cuda.is_bf16_supported() else '16-mixed'
-
-
-def resolve_resume_path(ckpt_path: str | None) -> str | None:
-    """``ckpt_path`` may name a checkpoint file or a run directory (then its ``checkpoints/last.ckpt`` is used)."""
-    if ckpt_path is None:
-        return None
-    path = Path(ckpt_path)
-    if path.is_dir():
-        path = path / 'checkpoints' / 'last.ckpt'
-    if not path.is_file():
-        raise FileNotFoundError(
-            f'cannot resume: checkpoint {path} does not exist. Pass ckpt_path=<run dir or .ckpt '
-            'file>, e.g. outputs/parseq/<timestamp>/checkpoints/last.ckpt'
-        )
-    return str(path)
 
 
 def build_datamodule(data_cfg: Mapping[str, Any]) -> pl.LightningDataModule:
@@ -92,19 +79,56 @@ def build_trainer(
     trainer_cfg['precision'] = resolve_precision(trainer_cfg.get('precision'), accelerator)
     if 'strategy' in trainer_cfg:
         trainer_cfg['strategy'] = resolve_strategy(trainer_cfg['strategy'], system)
-    # No '=' in file names: Hydra's override grammar would need quoting for ckpt_path=<file>.
-    checkpoint = ModelCheckpoint(
-        dirpath=run_dir / 'checkpoints',
+    # No '=' in file names: Hydra's override grammar would need quoting for ckpt_path=<file>. last.ckpt is written
+    # by LastCheckpoint on its own schedule, not only when the best checkpoint improves.
+    checkpoint_dir = run_dir / 'checkpoints'
+    best = ModelCheckpoint(
+        dirpath=checkpoint_dir,
         monitor='val_accuracy',
         mode='max',
         save_top_k=1,
-        save_last=True,
+        save_last=False,
         auto_insert_metric_name=False,
         filename='epoch{epoch}-step{step}-acc{val_accuracy:.4f}-ned{val_NED:.4f}',
     )
-    callbacks = [checkpoint, LearningRateMonitor(logging_interval='step'), *callbacks]
-    logger = TensorBoardLogger(str(run_dir), name='', version='', default_hp_metric=False)
-    return pl.Trainer(**trainer_cfg, callbacks=callbacks, logger=logger, default_root_dir=str(run_dir), **extra)
+    saving = cfg.get('checkpoint') or {}
+    last = LastCheckpoint(checkpoint_dir, saving.get('every_n_steps', 0), saving.get('every_minutes', 0.0))
+    logger = build_logger(trainer_cfg.pop('logger', cfg.get('logger', 'tensorboard')), run_dir)
+    # The LR monitor writes to the logger; without one the learning rate is still in the progress lines.
+    monitors = [LearningRateMonitor(logging_interval='step')] if logger else []
+    callbacks = [best, last, *monitors, *callbacks]
+    progress = cfg.get('progress') or {}
+    if progress.get('log_lines', 'auto') is True or (
+        progress.get('log_lines', 'auto') == 'auto' and not stdout_is_terminal()
+    ):
+        callbacks.append(ProgressLog(progress.get('every_n_steps', 50)))
+    plugins = trainer_cfg.pop('plugins', None) or []
+    plugins = [*(plugins if isinstance(plugins, list) else [plugins]), AtomicCheckpointIO()]
+    return pl.Trainer(
+        **trainer_cfg,
+        callbacks=callbacks,
+        logger=logger,
+        plugins=plugins,
+        default_root_dir=str(run_dir),
+        **extra,
+    )
+
+
+LOGGERS = ('tensorboard', 'csv', 'none')
+
+
+def build_logger(choice: Any, run_dir: Path) -> Logger | bool:
+    """The experiment logger ``logger`` names (``tensorboard``, ``csv`` or ``none``; ``trainer.logger=false`` is
+    ``none`` and ``true`` the default), writing under ``run_dir``."""
+    if choice is True:
+        choice = 'tensorboard'
+    if choice in (False, None, 'none'):
+        return False
+    if choice == 'tensorboard':
+        return TensorBoardLogger(str(run_dir), name='', version='', default_hp_metric=False)
+    if choice == 'csv':
+        return CSVLogger(str(run_dir), name='', version='')
+    raise ValueError(f'unknown logger {choice!r}; valid: {list(LOGGERS)} (or trainer.logger=false)')
 
 
 def train(cfg: DictConfig, run_dir: str | Path, callbacks: Sequence[pl.Callback] = ()) -> tuple[BaseSystem, pl.Trainer]:
@@ -120,21 +144,22 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: Sequence[pl.Callback]
     run_dir = Path(run_dir)
     pl.seed_everything(cfg.seed, workers=True)
     resume = resolve_resume_path(cfg.ckpt_path)
-    system = build_system(OmegaConf.to_container(cfg.model, resolve=True))
-    if cfg.pretrained:
-        load_pretrained_weights(system, cfg.pretrained)
-    log.info('%s: %.2fM parameters', cfg.model.name, count_parameters(system.model) / 1e6)
-    if cfg.get('compile'):
-        # In place, per part: the training losses call the parts directly (not the model's forward), and the
-        # state-dict keys stay unchanged.
-        for part in system.model.children():
-            part.compile()
-        log.info('compiled %s', ', '.join(name for name, _ in system.model.named_children()))
-    datamodule = build_datamodule(OmegaConf.to_container(cfg.data, resolve=True))
-    trainer = build_trainer(cfg, run_dir, callbacks, system=system)
-    trainer.fit(system, datamodule=datamodule, ckpt_path=resume)
-    # last.ckpt is otherwise written only after a validation; make it hold the final step too.
-    if not trainer.interrupted:
-        # Full state (optimiser, scheduler, loops), so that ckpt_path= can resume or extend the run from it.
-        trainer.save_checkpoint(run_dir / 'checkpoints' / 'last.ckpt', weights_only=False)
+    with RunDirectoryLock(run_dir, resume):
+        system = build_system(OmegaConf.to_container(cfg.model, resolve=True))
+        if cfg.pretrained:
+            load_pretrained_weights(system, cfg.pretrained)
+        log.info('%s: %.2fM parameters', cfg.model.name, count_parameters(system.model) / 1e6)
+        if cfg.get('compile'):
+            # In place, per part: the training losses call the parts directly (not the model's forward), and the
+            # state-dict keys stay unchanged.
+            for part in system.model.children():
+                part.compile()
+            log.info('compiled %s', ', '.join(name for name, _ in system.model.named_children()))
+        datamodule = build_datamodule(OmegaConf.to_container(cfg.data, resolve=True))
+        trainer = build_trainer(cfg, run_dir, callbacks, system=system)
+        trainer.fit(system, datamodule=datamodule, ckpt_path=resume)
+        # last.ckpt is otherwise written on its schedule; make it hold the final step too.
+        if not trainer.interrupted:
+            # Full state (optimiser, scheduler, loops), so that ckpt_path= can resume or extend the run from it.
+            trainer.save_checkpoint(run_dir / 'checkpoints' / 'last.ckpt', weights_only=False)
     return system, trainer
