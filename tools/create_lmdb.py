@@ -65,7 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         annotations = read_mjsynth_annotations(args.labels, args.images)
     try:
         summary = create_lmdb(
-            annotations, args.out, overwrite=args.overwrite, max_examples=args.examples, progress=True
+            annotations,
+            args.out,
+            overwrite=args.overwrite,
+            max_examples=args.examples,
+            progress=True,
+            images_dir=args.images,
         )
     except (FileExistsError, FileNotFoundError, ValueError) as e:
         print(f'error: {e}', file=sys.stderr)

@@ -209,6 +209,7 @@ def create_lmdb(
     overwrite: bool = False,
     max_examples: int = 5,
     progress: bool = False,
+    images_dir: str | os.PathLike | None = None,
 ) -> CreateSummary:
     """Writes the valid annotated images to a new LMDB at ``out``.
 
@@ -217,10 +218,21 @@ def create_lmdb(
     size. Valid images are stored as their original file bytes, labels as given (UTF-8). The dataset only
     appears at ``out`` once complete.
 
+    ``images_dir`` (the folder the images are read from) may not be ``out`` or hold it: the dataset is never written
+    into, or over, its own sources.
+
     Raises:
-        FileExistsError: ``out`` exists and ``overwrite`` is False.
-        ValueError: no record was valid (the message holds the skip report); nothing is written.
+        FileExistsError: ``out`` exists and ``overwrite`` is False, or ``out`` is not an LMDB directory.
+        ValueError: no record was valid (the message holds the skip report), or ``out`` is inside ``images_dir``;
+            nothing is written.
     """
+    if images_dir is not None:
+        source, target = Path(images_dir).resolve(), Path(out).resolve()
+        if target == source or source in target.parents:
+            raise ValueError(
+                f'--out {out} is inside the image folder {images_dir}: write the LMDB somewhere else (e.g. '
+                f'data/val/<name>), so that the source images are never touched'
+            )
     summary = CreateSummary(path=None)
     with LmdbWriter(out, overwrite=overwrite) as writer:
         for annotation in tqdm(annotations, desc='images', unit='img', disable=not progress):

@@ -19,8 +19,8 @@ from pathlib import Path
 import lmdb
 from PIL import Image, ImageDraw, ImageFont
 
-from strhub.data.lmdb_dataset import is_lmdb_dir, shared_readonly_env
-from strhub.data.lmdb_writer import NUM_SAMPLES_KEY, boxes_key, image_key, label_key
+from strhub.data.lmdb_dataset import is_lmdb_dir, read_num_samples, shared_readonly_env
+from strhub.data.lmdb_writer import boxes_key, image_key, label_key
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +37,6 @@ CORRUPT_BAD_BOXES = 'bad boxes'
 def _require_lmdb_dir(path: Path) -> None:
     if not is_lmdb_dir(path):
         raise FileNotFoundError(f'{path} is not an LMDB directory (no data.mdb inside); pass one LMDB directory')
-
-
-def read_num_samples(txn: lmdb.Transaction, path: str | os.PathLike) -> int:
-    raw = txn.get(NUM_SAMPLES_KEY)
-    try:
-        return int(raw.decode())
-    except (AttributeError, UnicodeDecodeError, ValueError):
-        raise ValueError(
-            f'{path} has no valid num-samples key (got {raw!r}); it is not an STR LMDB or was '
-            'written incompletely: recreate it with tools/create_lmdb.py'
-        ) from None
 
 
 @dataclass(frozen=True)

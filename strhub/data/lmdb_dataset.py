@@ -7,11 +7,12 @@ import io
 import json
 import logging
 import os
+import struct
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import lmdb
 from PIL import Image
@@ -29,25 +30,115 @@ MAX_LOGGED_KEYS = 5
 MAX_CONSECUTIVE_BAD = 100
 
 BoxTransform = Callable[[list[Box], tuple[int, int]], list[Box]]
+# Reasons for leaving a sample out that are faults of the stored data (not label filtering): an evaluation reports
+# these beside its table.
+FAULT_REASONS = ('missing label', 'label not UTF-8', 'missing image', 'corrupt image')
+
+
+class BadSample(NamedTuple):
+    """What an evaluation dataset (``substitute_bad=False``) yields for a sample whose image does not decode."""
+
+    key: str
+
+
+class LmdbFormatError(ValueError):
+    """An LMDB that cannot be read safely (truncated, not an LMDB, no valid ``num-samples``); the message names the
+    path and what to do."""
 
 
 def is_lmdb_dir(path: Path) -> bool:
     return (path / 'data.mdb').is_file()
 
 
+def is_temporary_name(name: str) -> bool:
+    """True for the hidden ``.<name>.<random>.tmp`` directories that :class:`LmdbWriter` writes into before moving a
+    finished dataset into place: an interrupted writer can leave one behind, and nothing may read it."""
+    return name.startswith('.') and name.endswith('.tmp')
+
+
 def find_lmdb_dirs(root: str | os.PathLike) -> list[Path]:
-    """Every LMDB directory at or below ``root`` (a directory holding ``data.mdb``), sorted."""
+    """Every LMDB directory at or below ``root`` (a directory holding ``data.mdb``), sorted; unfinished datasets in
+    :func:`is_temporary_dir` directories are left out."""
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f'dataset path {root} does not exist')
     if is_lmdb_dir(root):
         return [root]
-    return sorted(p.parent for p in root.rglob('data.mdb') if p.is_file())
+    found = (p.parent for p in root.rglob('data.mdb') if p.is_file())
+    return sorted(p for p in found if not any(is_temporary_name(part) for part in p.relative_to(root).parts))
+
+
+# The meta pages at the start of data.mdb (LMDB's MDB_meta after the 16-byte page header, 64-bit layout): magic and
+# version, then the page size (in the free-list DB record), the last page used and the transaction id.
+_LMDB_MAGIC = 0xBEEFC0DE
+_META_MAGIC_OFFSET, _META_PSIZE_OFFSET, _META_LAST_PAGE_OFFSET = 16, 40, 136
+
+
+def check_lmdb_file(path: str | os.PathLike) -> None:
+    """Checks that ``<path>/data.mdb`` is an LMDB and as long as its own header says, before it is memory-mapped:
+    reading past the end of a truncated file kills the process with SIGBUS instead of raising an error.
+
+    Raises:
+        LmdbFormatError: empty, not an LMDB, or truncated; the message names the file and the fix.
+    """
+    data = Path(path) / 'data.mdb'
+    size = data.stat().st_size
+    remedy = 'copy it again from its source, or recreate it with tools/create_lmdb.py'
+    if size == 0:
+        raise LmdbFormatError(f'{data} is empty (0 bytes): the dataset was not written or not copied; {remedy}')
+    newest: tuple[int, int, int] | None = None  # (txnid, page size, last page)
+    with open(data, 'rb') as f:
+        head = f.read(_META_LAST_PAGE_OFFSET + 16)
+        if (
+            len(head) < _META_LAST_PAGE_OFFSET + 16
+            or struct.unpack_from('<I', head, _META_MAGIC_OFFSET)[0] != _LMDB_MAGIC
+        ):
+            raise LmdbFormatError(f'{data} is not an LMDB file (no LMDB header); {remedy}')
+        page_size = struct.unpack_from('<I', head, _META_PSIZE_OFFSET)[0]
+        for page in (0, 1):
+            f.seek(page * page_size)
+            meta = f.read(_META_LAST_PAGE_OFFSET + 16)
+            if len(meta) == _META_LAST_PAGE_OFFSET + 16 and struct.unpack_from('<I', meta, 16)[0] == _LMDB_MAGIC:
+                last_page, txnid = struct.unpack_from('<QQ', meta, _META_LAST_PAGE_OFFSET)
+                if newest is None or txnid > newest[0]:
+                    newest = (txnid, page_size, last_page)
+    if newest is None or page_size < 512 or page_size & (page_size - 1):
+        raise LmdbFormatError(f'{data} has a damaged LMDB header; {remedy}')
+    _, page_size, last_page = newest
+    needed = (last_page + 1) * page_size
+    if size < needed:
+        raise LmdbFormatError(
+            f'{data} is truncated: {size} bytes, but its header says the data ends at byte {needed}; {remedy}'
+        )
 
 
 def open_lmdb_readonly(path: str | os.PathLike) -> lmdb.Environment:
-    """Opens an LMDB read-only without a lock file, so read-only media and shared storage work."""
-    return lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False, max_readers=1)
+    """Opens an LMDB read-only without a lock file, so read-only media and shared storage work. The file is checked
+    first (:func:`check_lmdb_file`), and lmdb's own errors come back as :class:`LmdbFormatError` naming the path."""
+    check_lmdb_file(path)
+    try:
+        return lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False, max_readers=1)
+    except lmdb.Error as e:
+        raise LmdbFormatError(
+            f'{path} cannot be opened as an LMDB ({type(e).__name__}: {e}); copy it again from its source, or '
+            'recreate it with tools/create_lmdb.py'
+        ) from None
+
+
+def read_num_samples(txn: lmdb.Transaction, path: str | os.PathLike) -> int:
+    """The dataset's ``num-samples``, which must be a positive integer."""
+    raw = txn.get(NUM_SAMPLES_KEY)
+    try:
+        count = int(bytes(raw).decode('ascii'))
+    except (TypeError, UnicodeDecodeError, ValueError):
+        count = None
+    if count is None or count < 1:
+        what = 'no num-samples key' if raw is None else f'num-samples {bytes(raw)[:20]!r}, not a positive integer'
+        raise LmdbFormatError(
+            f'{path} has {what}: it is not an STR LMDB dataset, is empty, or was written incompletely; recreate it '
+            'with tools/create_lmdb.py'
+        )
+    return count
 
 
 # py-lmdb refuses to open one path twice in a process, so every dataset object reading a path (train and val on the
@@ -89,8 +180,9 @@ class LmdbDataset(Dataset):
     in each process (it must not cross a ``fork``), and always read-only.
 
     Bad samples never stop a run: a missing key or a non-UTF-8 label is dropped at start-up, and an image
-    that fails to decode is replaced by the next good sample. Both are counted in :attr:`skipped`, and the
-    first few keys of each kind are logged.
+    that fails to decode is replaced by the next good sample (training) or, with ``substitute_bad=False``
+    (evaluation: no sample may count twice), returned as a :class:`BadSample` for the caller to skip and count.
+    Both are counted in :attr:`skipped`, and the first few keys of each kind are logged.
 
     Args:
         root: the LMDB directory.
@@ -101,6 +193,7 @@ class LmdbDataset(Dataset):
         box_transform: maps the boxes from pixels of the stored image, given its (width, height), to the
             coordinates wanted (e.g. :meth:`Preprocess.map_boxes`: pixels of the model input); None keeps them.
         cache_dir: where the filtered index is cached; ``None`` disables caching.
+        substitute_bad: replace an undecodable image by the next good sample (True), or yield a :class:`BadSample`.
     """
 
     def __init__(
@@ -112,8 +205,10 @@ class LmdbDataset(Dataset):
         return_boxes: bool = False,
         cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
         box_transform: BoxTransform | None = None,
+        substitute_bad: bool = True,
     ) -> None:
         self.root = Path(root)
+        self.substitute_bad = substitute_bad
         if not is_lmdb_dir(self.root):
             raise FileNotFoundError(
                 f'{self.root} is not an LMDB dataset (no data.mdb inside); create one with tools/create_lmdb.py'
@@ -178,10 +273,7 @@ class LmdbDataset(Dataset):
 
         env = shared_readonly_env(self.root)
         with env.begin(buffers=True) as txn:
-            raw_count = txn.get(NUM_SAMPLES_KEY)
-            if raw_count is None:
-                raise ValueError(f'{self.root} has no num-samples key: not an STR LMDB dataset')
-            num_stored = int(bytes(raw_count))
+            num_stored = read_num_samples(txn, self.root)
             for index in range(1, num_stored + 1):
                 raw_label = txn.get(label_key(index))
                 if raw_label is None:
@@ -282,12 +374,15 @@ class LmdbDataset(Dataset):
         for offset in range(min(len(self), MAX_CONSECUTIVE_BAD)):
             position = (item + offset) % len(self)
             index = self.indices[position]
-            if index in self._bad_indices:
+            if index in self._bad_indices and self.substitute_bad:
                 continue
             try:
                 img, raw_boxes, raw_label = self._decode(index)
             except (OSError, SyntaxError, ValueError, KeyError, Image.DecompressionBombError) as e:
-                self._record_bad(index, e)
+                if index not in self._bad_indices:
+                    self._record_bad(index, e)
+                if not self.substitute_bad:
+                    return BadSample(f'{self.root.name}:{image_key(index).decode()}')
                 continue
             label = self.labels[position]
             size = img.size
