@@ -12,10 +12,18 @@ import argparse
 import logging
 import sys
 
-from strhub.cli_args import checkpoint_spec, parse_runtime_args, resolve_device, split_runtime_args
+from strhub.cli_args import checkpoint_spec, parse_runtime_args, resolve_device, run_cli, split_runtime_args
 from strhub.config import compose_config
 from strhub.data.module import SceneTextDataModule
-from strhub.evaluation import discover_test_sets, format_head_table, run_evaluation, write_errors, write_results
+from strhub.evaluation import (
+    check_scored,
+    discover_test_sets,
+    format_head_table,
+    format_skipped,
+    run_evaluation,
+    write_errors,
+    write_results,
+)
 from strhub.inference import accuracy_change_table, compare_options
 from strhub.metrics import TextNormalizer, format_table
 from strhub.models.loading import load
@@ -56,7 +64,10 @@ def main(argv=None) -> int:
     system = load(checkpoint_spec(args.checkpoint), device=device, **runtime)
     hp = system.hparams
     cfg = compose_config()
-    normalizer = TextNormalizer.from_options(cased=args.cased, punctuation=args.punctuation)
+    # Scored on the model's own characters too (a Greek model on Greek labels), within --cased / --punctuation.
+    normalizer = TextNormalizer.from_options(
+        cased=args.cased, punctuation=args.punctuation, model_charset=system.charset_train
+    )
     datamodule = SceneTextDataModule(
         root_dir=args.data_root,
         benchmarks=cfg.benchmarks,
@@ -94,7 +105,10 @@ def main(argv=None) -> int:
     )
     evaluation = next(iter(runs.values()))
     results, errors = evaluation.results, evaluation.errors
+    check_scored(results, loaders)
     print(format_table(results))
+    if evaluation.skipped:
+        print('\n' + format_skipped(evaluation.skipped))
     if len(runs) > 1:
         print('\n' + accuracy_change_table({option: run.results for option, run in runs.items()}))
     if evaluation.heads:
@@ -112,6 +126,7 @@ def main(argv=None) -> int:
             punctuation=args.punctuation,
             rotation=args.rotation,
             missing=missing,
+            skipped={name: vars(entry) for name, entry in evaluation.skipped.items()},
             **heads,
         )
     if args.errors:
@@ -121,4 +136,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -20,12 +20,16 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from tqdm import tqdm
 
-from strhub.data.lmdb_dataset import LmdbDataset, find_lmdb_dirs
+from strhub.data.lmdb_dataset import FAULT_REASONS, LmdbDataset, find_lmdb_dirs
 from strhub.data.lmdb_writer import label_key
 from strhub.metrics import COMBINED, RecognitionMetrics, RecognitionResult, TextNormalizer
 from strhub.models.base import BaseSystem
 
 log = logging.getLogger(__name__)
+
+CORRUPT_IMAGE = 'corrupt image'
+# Keys listed per test set for the samples left out of its figures.
+MAX_LISTED_SKIPS = 3
 
 
 @dataclass
@@ -59,6 +63,22 @@ def discover_test_sets(dirs: list[str | Path]) -> dict[str, Path]:
 
 
 @dataclass
+class SkippedSamples:
+    """The samples of one test set that could not be scored (not in its figures): count per reason, a few keys."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    keys: list[str] = field(default_factory=list)
+
+    def add(self, reason: str, count: int, keys: list[str]) -> None:
+        self.counts[reason] = self.counts.get(reason, 0) + count
+        self.keys.extend(keys[: max(0, MAX_LISTED_SKIPS - len(self.keys))])
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass
 class Evaluation:
     """What :func:`run_evaluation` measured.
 
@@ -66,11 +86,44 @@ class Evaluation:
         results: dataset name (and ``Combined``) -> figures of the system's predictions.
         errors: the wrong predictions (when collected).
         heads: for systems with several prediction heads, head name -> dataset name -> figures; else empty.
+        skipped: dataset name -> the samples left out of its figures because their stored data is broken (only
+            datasets that had any).
     """
 
     results: dict[str, RecognitionResult]
     errors: list[Prediction]
     heads: dict[str, dict[str, RecognitionResult]] = field(default_factory=dict)
+    skipped: dict[str, SkippedSamples] = field(default_factory=dict)
+
+
+def _startup_faults(dataset: Dataset) -> SkippedSamples:
+    """Samples the LMDB reader dropped at start-up because the stored data is broken (not label filtering)."""
+    found = SkippedSamples()
+    parts = dataset.datasets if isinstance(dataset, ConcatDataset) else [dataset]
+    for part in parts:
+        if isinstance(part, ConcatDataset):
+            nested = _startup_faults(part)
+            for reason, count in nested.counts.items():
+                found.add(reason, count, nested.keys)
+        elif isinstance(part, LmdbDataset):
+            for reason, info in part.skipped.items():
+                if reason in FAULT_REASONS:
+                    found.add(reason, info['count'], [f'{part.root.name}:{k}' for k in info['keys']])
+    return found
+
+
+def format_skipped(skipped: Mapping[str, SkippedSamples]) -> str:
+    """One line per test set with samples left out of its figures because their data is broken; '' when none."""
+    lines = [
+        f'{name}: {entry.total} not scored ('
+        + ', '.join(f'{count} {reason}' for reason, count in entry.counts.items())
+        + f'; e.g. {", ".join(entry.keys)})'
+        for name, entry in skipped.items()
+        if entry.total
+    ]
+    if not lines:
+        return ''
+    return 'Samples left out of the figures above (their stored data is broken):\n' + '\n'.join(lines)
 
 
 @torch.inference_mode()
@@ -88,9 +141,21 @@ def run_evaluation(
     predict_heads = getattr(system, 'predict_heads', None)
     head_metrics: dict[str, RecognitionMetrics] = {}
     errors: list[Prediction] = []
+    skipped: dict[str, SkippedSamples] = {}
     for name, loader in loaders.items():
         seen = 0
-        for images, labels, *_ in tqdm(loader, desc=name, disable=not progress, leave=False):
+        skipped[name] = _startup_faults(loader.dataset)
+        for batch in tqdm(loader, desc=name, disable=not progress, leave=False):
+            images, labels, *_ = batch
+            bad = getattr(batch, 'skipped', [])
+            if bad:
+                skipped[name].add(CORRUPT_IMAGE, len(bad), [key for _, key in bad])
+            bad_positions = {i for i, _ in bad}
+            # Positions in the dataset of the scored samples (an error's key must name the right sample).
+            positions = [seen + i for i in range(len(labels) + len(bad)) if i not in bad_positions]
+            seen += len(labels) + len(bad)
+            if images is None:
+                continue
             images = images.to(system.device, non_blocking=True)
             if predict_heads is None:
                 preds, probs = system.predict(images)
@@ -104,11 +169,30 @@ def run_evaluation(
             confidences = [float(p.prod()) for p in probs]
             metrics.update(name, preds, labels, confidences)
             if collect_errors:
-                for i, (pred, label, conf) in enumerate(zip(preds, labels, confidences)):
+                for position, pred, label, conf in zip(positions, preds, labels, confidences):
                     if normalizer(pred) != normalizer(label):
-                        errors.append(Prediction(name, sample_key(loader.dataset, seen + i), label, pred, conf))
-            seen += len(labels)
-    return Evaluation(metrics.compute(), errors, {head: m.compute() for head, m in head_metrics.items()})
+                        errors.append(Prediction(name, sample_key(loader.dataset, position), label, pred, conf))
+    heads = {head: m.compute() for head, m in head_metrics.items()}
+    return Evaluation(metrics.compute(), errors, heads, {k: v for k, v in skipped.items() if v.total})
+
+
+def check_scored(results: Mapping[str, RecognitionResult], loaders: Mapping[str, DataLoader]) -> None:
+    """Raises when no sample was scored (figures of 0 samples are NaN, never a result), saying why: every sample of
+    every set was left out by the label filter (another charset, labels too long) or its data is broken."""
+    if results[COMBINED]['num_samples'] > 0:
+        return
+    reasons: dict[str, int] = {}
+    for loader in loaders.values():
+        parts = loader.dataset.datasets if isinstance(loader.dataset, ConcatDataset) else [loader.dataset]
+        for part in parts:
+            for reason, info in getattr(part, 'skipped', {}).items():
+                reasons[reason] = reasons.get(reason, 0) + info['count']
+    why = ', '.join(f'{count} {reason}' for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]))
+    raise ValueError(
+        f'no sample of {", ".join(loaders)} could be scored ({why or "the sets are empty"}). Labels are compared on '
+        "the model's charset and --cased / --punctuation: check that the test labels use the model's characters and "
+        'fit its max_label_length'
+    )
 
 
 def evaluate(

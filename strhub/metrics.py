@@ -70,7 +70,11 @@ class TextNormalizer:
 
     @classmethod
     def from_options(
-        cls, cased: bool = False, punctuation: bool = False, charset_test: str | None = None
+        cls,
+        cased: bool = False,
+        punctuation: bool = False,
+        charset_test: str | None = None,
+        model_charset: str | None = None,
     ) -> TextNormalizer:
         """Builds the normaliser for a comparison mode.
 
@@ -78,13 +82,21 @@ class TextNormalizer:
             cased: compare letter case (default: case-insensitive).
             punctuation: keep the 32 ASCII punctuation characters (default: removed).
             charset_test: explicit comparison charset; when given, it overrides ``cased`` and ``punctuation``.
+            model_charset: the characters the model reads (its training charset). Those of them that the mode keeps
+                join the standard Latin comparison charset, so that a model of another script (Greek, Cyrillic,
+                CJK) is scored on its own characters: case-folded unless ``cased``, punctuation and symbols (Unicode
+                categories P and S) removed unless ``punctuation``.
         """
         if charset_test is not None:
             return cls(charset_test)
         charset = STANDARD_CHARSETS['62_mixed-case' if cased else '36_lowercase']
         if punctuation:
             charset += string.punctuation
-        return cls(charset)
+        for char in model_charset or '':
+            if char.isspace() or (not punctuation and unicodedata.category(char)[0] in 'PS'):
+                continue
+            charset += char if cased else char.lower()
+        return cls(''.join(dict.fromkeys(charset)))
 
     def _fold(self, char: str) -> str:
         base = ''.join(c for c in unicodedata.normalize('NFKD', char) if not unicodedata.combining(c))

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning.pytorch as pl
 import torch
@@ -18,8 +19,8 @@ from strhub.data.augment import build_augmentation
 from strhub.data.boxes import without_geometric_ops
 from strhub.data.charsets import resolve_charset
 from strhub.data.labels import LabelFilter
-from strhub.data.lmdb_dataset import DEFAULT_CACHE_DIR, LmdbDataset, open_lmdb_datasets
-from strhub.data.preprocess import Preprocess
+from strhub.data.lmdb_dataset import DEFAULT_CACHE_DIR, BadSample, LmdbDataset, open_lmdb_datasets
+from strhub.data.preprocess import Preprocess, convert_mode
 from strhub.data.sampling import RatioSampler
 from strhub.data.sharding import evaluation_sampler
 from strhub.data.synth.stream import SyntheticStream, build_stream
@@ -73,7 +74,7 @@ class ImageTransform:
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         if self.augment is not None:
-            img = self.augment(img.convert('RGB'))
+            img = self.augment(convert_mode(img, 'RGB'))
         return self.preprocess(img)
 
 
@@ -81,6 +82,24 @@ def collate_images_labels(batch: Sequence[tuple]) -> tuple:
     """Stacks images; keeps labels (and boxes, when present) as lists."""
     columns = list(zip(*batch))
     return (torch.stack(columns[0]), list(columns[1]), *[list(c) for c in columns[2:]])
+
+
+class EvaluationBatch(NamedTuple):
+    """A test batch: the decodable samples, and ``skipped``: ``(position in the batch, key)`` of each sample whose
+    image did not decode (left out, to be counted, never replaced by another sample)."""
+
+    images: torch.Tensor | None
+    labels: list[str]
+    skipped: list[tuple[int, str]]
+
+
+def collate_evaluation(batch: Sequence[tuple | BadSample]) -> EvaluationBatch:
+    """:func:`collate_images_labels` for test sets read with ``substitute_bad=False``."""
+    good = [sample for sample in batch if not isinstance(sample, BadSample)]
+    skipped = [(i, sample.key) for i, sample in enumerate(batch) if isinstance(sample, BadSample)]
+    if not good:
+        return EvaluationBatch(None, [], skipped)
+    return EvaluationBatch(torch.stack([s[0] for s in good]), [s[1] for s in good], skipped)
 
 
 class SceneTextDataModule(pl.LightningDataModule):
@@ -162,7 +181,12 @@ class SceneTextDataModule(pl.LightningDataModule):
     # -- datasets -----------------------------------------------------------------------------------------------
 
     def _open(
-        self, roots: Sequence[Path], charset: str, transform: Callable, return_boxes: bool = False
+        self,
+        roots: Sequence[Path],
+        charset: str,
+        transform: Callable,
+        return_boxes: bool = False,
+        substitute_bad: bool = True,
     ) -> list[LmdbDataset]:
         return open_lmdb_datasets(
             roots,
@@ -172,6 +196,7 @@ class SceneTextDataModule(pl.LightningDataModule):
             return_boxes=return_boxes,
             cache_dir=self.cache_dir,
             box_transform=self.preprocess.map_boxes if return_boxes else None,
+            substitute_bad=substitute_bad,
         )
 
     @property
@@ -245,17 +270,23 @@ class SceneTextDataModule(pl.LightningDataModule):
         return found, missing
 
     def test_dataloaders(self, sets: Mapping[str, Path], rotation: float = 0.0) -> dict[str, DataLoader]:
-        """One DataLoader per test set (name -> directory holding one or more LMDBs)."""
-        preprocess = Preprocess(**{**self.preprocess.__dict__, 'rotation': rotation}) if rotation else self.preprocess
+        """One DataLoader per test set (name -> directory holding one or more LMDBs), yielding
+        :class:`EvaluationBatch` es: an undecodable image is skipped and reported, never replaced by another sample."""
+        preprocess = dataclasses.replace(self.preprocess, rotation=rotation) if rotation else self.preprocess
         transform = ImageTransform(preprocess)
         return {
-            name: self._loader(ConcatDataset(self._open([path], self.charset_test, transform)), shuffle=False)
+            name: self._loader(
+                ConcatDataset(self._open([path], self.charset_test, transform, substitute_bad=False)),
+                collate_fn=collate_evaluation,
+            )
             for name, path in sets.items()
         }
 
     # -- loaders ------------------------------------------------------------------------------------------------
 
-    def _loader(self, dataset: Dataset, shuffle: bool = False, sampler=None) -> DataLoader:
+    def _loader(
+        self, dataset: Dataset, shuffle: bool = False, sampler=None, collate_fn: Callable = collate_images_labels
+    ) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
@@ -264,7 +295,7 @@ class SceneTextDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
-            collate_fn=collate_images_labels,
+            collate_fn=collate_fn,
             drop_last=False,
         )
 
