@@ -12,12 +12,10 @@ import argparse
 import logging
 import sys
 
-from PIL import Image
-
-from strhub.cli_args import checkpoint_spec, parse_runtime_args, resolve_device, split_runtime_args
+from strhub.cli_args import checkpoint_spec, parse_runtime_args, resolve_device, run_cli, split_runtime_args
 from strhub.inference import with_options
 from strhub.models.loading import load
-from strhub.reading import read_images, save_attention_maps
+from strhub.reading import open_image, read_images, save_attention_maps
 
 
 def main(argv=None) -> int:
@@ -46,18 +44,34 @@ def main(argv=None) -> int:
     if args.box or args.color or args.format or args.crops > 1:
         from strhub.models.gotocr2.reading import read_image
 
+        failures = []
         for path in args.images:
-            with Image.open(path) as img:
-                text, confidence = read_image(system, img, args.box, args.color, args.format, args.crops)
+            try:
+                with open_image(path) as img:
+                    text, confidence = read_image(system, img, args.box, args.color, args.format, args.crops)
+            except ValueError as e:
+                failures.append((path, str(e)))
+                continue
             print(f'{path}: {text} ({confidence:.4f})')
-        return 0
-    for path, text, confidence in read_images(system, args.images, args.batch_size):
-        print(f'{path}: {text} ({confidence:.4f})')
+        return report_failures(failures, len(args.images))
+    failures: list[tuple[str, str]] = []
+    for path, text, confidence in read_images(system, args.images, args.batch_size, failures):
+        print(f'{path}: {text} ({confidence:.4f})', flush=True)
     if args.attention:
-        saved = save_attention_maps(system, args.images, args.attention, args.batch_size)
+        readable = [p for p in args.images if p not in {path for path, _ in failures}]
+        saved = save_attention_maps(system, readable, args.attention, args.batch_size)
         print(f'{len(saved)} attention map(s) saved under {args.attention}')
-    return 0
+    return report_failures(failures, len(args.images))
+
+
+def report_failures(failures: list[tuple[str, str]], total: int) -> int:
+    """Lists the files that could not be read (on stderr); 1 when there were any, else 0."""
+    for _, reason in failures:
+        print(f'error: {reason}', file=sys.stderr)
+    if failures:
+        print(f'{len(failures)} of {total} file(s) could not be read', file=sys.stderr)
+    return 1 if failures else 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_cli(main))

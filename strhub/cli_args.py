@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import lmdb
 import torch
 
 _TYPES = {'int': int, 'float': float, 'str': str, 'bool': lambda v: _parse_bool(v)}
@@ -60,3 +64,24 @@ def resolve_device(device: str) -> torch.device:
     if resolved.type == 'cuda' and not torch.cuda.is_available():
         raise ValueError(f'device {device!r} requested but no CUDA GPU is available; use --device cpu')
     return resolved
+
+
+# Errors that come from what a user gave (a path, a file's contents, an option): shown as one line, not a traceback.
+USER_ERRORS = (OSError, ValueError, LookupError, AttributeError, lmdb.Error)
+DEBUG_FLAG = '--debug'
+
+
+def run_cli(main: Callable[[list[str]], int], argv: Sequence[str] | None = None) -> int:
+    """Runs a script's ``main(argv)``; a user error prints one ``error: ...`` line on stderr and exits with 2.
+    ``--debug`` (anywhere in ``argv``) or ``STRHUB_DEBUG=1`` shows the full traceback instead."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = DEBUG_FLAG in argv or os.environ.get('STRHUB_DEBUG', '') not in ('', '0')
+    argv = [a for a in argv if a != DEBUG_FLAG]
+    if debug:
+        return main(argv)
+    try:
+        return main(argv)
+    except USER_ERRORS as e:
+        print(f'error: {e}', file=sys.stderr)
+        print(f'(run again with {DEBUG_FLAG} for the full traceback)', file=sys.stderr)
+        return 2

@@ -21,28 +21,46 @@ def preprocess_for(system: BaseSystem) -> Preprocess:
 
 @torch.inference_mode()
 def read_images(
-    system: BaseSystem, paths: Sequence[str | Path], batch_size: int = 64
+    system: BaseSystem,
+    paths: Sequence[str | Path],
+    batch_size: int = 64,
+    failures: list[tuple[str, str]] | None = None,
 ) -> Iterator[tuple[str, str, float]]:
-    """Yields ``(path, text, confidence)`` for each image, in batches."""
+    """Yields ``(path, text, confidence)`` for each image, in batches. With ``failures`` given, an unreadable file
+    is appended to it as ``(path, reason)`` and the others are still read; without, it raises a ValueError."""
     preprocess = preprocess_for(system)
     for start in range(0, len(paths), batch_size):
-        chunk = [str(p) for p in paths[start : start + batch_size]]
-        images = []
-        for path in chunk:
-            with open_image(path) as img:
-                images.append(preprocess(img))
+        images, readable = [], []
+        for path in (str(p) for p in paths[start : start + batch_size]):
+            try:
+                with open_image(path) as img:
+                    images.append(preprocess(img))
+            except ValueError as e:
+                if failures is None:
+                    raise
+                failures.append((path, str(e)))
+                continue
+            readable.append(path)
+        if not images:
+            continue
         texts, probs = system.predict(torch.stack(images).to(system.device))
-        for path, text, p in zip(chunk, texts, probs):
+        for path, text, p in zip(readable, texts, probs):
             yield path, text, float(p.prod())
 
 
 def open_image(path: str | Path) -> Image.Image:
-    """Opens an image file; an unreadable one raises a ValueError naming it."""
+    """Opens an image file (the first frame of an animation); an unreadable one raises a ValueError naming it."""
+    if Path(path).is_dir():
+        raise ValueError(f'cannot read image {path}: it is a directory; pass the image files in it (e.g. {path}/*)')
     try:
         img = Image.open(path)
         img.load()
-    except (OSError, SyntaxError) as e:
-        raise ValueError(f'cannot read image {path}: {e}') from e
+    except FileNotFoundError:
+        raise ValueError(f'cannot read image {path}: no such file') from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ValueError(f'cannot read image {path}: {e}') from None
+    if min(img.size) < 1:
+        raise ValueError(f'cannot read image {path}: it has no pixels ({img.width}x{img.height})')
     return img
 
 

@@ -2,8 +2,18 @@
 
 from __future__ import annotations
 
+import difflib
+import logging
+import re
 import string
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# A spec of this shape names a charset (``36_lowercase``); one that is not a known name is a typo, never taken as the
+# literal characters. Literal charsets use ``chars:<characters>``.
+_NAME_LIKE = re.compile(r'^\d+_[A-Za-z][A-Za-z_-]*$')
+LITERAL_PREFIX = 'chars:'
 
 # The standard STR charsets, in the order the published checkpoints use for their output heads.
 STANDARD_CHARSETS: dict[str, str] = {
@@ -36,17 +46,34 @@ def read_charset_file(path: str | Path) -> str:
 
 def deduplicate(chars: str) -> str:
     """Removes repeated characters, keeping the first occurrence (the order fixes the model's class ids)."""
-    return ''.join(dict.fromkeys(chars))
+    unique = ''.join(dict.fromkeys(chars))
+    if len(unique) != len(chars):
+        repeated = sorted({c for c in chars if chars.count(c) > 1})
+        log.warning('charset: %d repeated character(s) %s kept once, at their first position', len(repeated), repeated)
+    return unique
 
 
 def resolve_charset(spec: str) -> str:
     """Turns a charset spec into the charset string.
 
     ``spec`` is a standard name (``36_lowercase``, ``62_mixed-case``, ``94_full``), a path to a charset file
-    (``file:chars.txt`` or any existing path), or the characters themselves.
+    (``file:chars.txt`` or any existing path), or the characters themselves (``chars:αβγ``, or plainly ``αβγ`` when
+    the string does not look like a charset name: ``62_mixedcase`` is refused as a typo, not read as 11 characters).
     """
     if spec in STANDARD_CHARSETS:
         return STANDARD_CHARSETS[spec]
+    if spec.startswith(LITERAL_PREFIX):
+        chars = spec[len(LITERAL_PREFIX) :]
+        if not chars:
+            raise ValueError(f'empty charset {spec!r}: give the characters after {LITERAL_PREFIX!r}')
+        return deduplicate(chars)
+    if _NAME_LIKE.match(spec) and not Path(spec).is_file():
+        close = difflib.get_close_matches(spec, list(STANDARD_CHARSETS), n=1, cutoff=0.5)
+        hint = f'did you mean {close[0]!r}? ' if close else ''
+        raise ValueError(
+            f'unknown charset name {spec!r}; {hint}standard charsets: {sorted(STANDARD_CHARSETS)}. For these '
+            f'characters literally, write {LITERAL_PREFIX}{spec}'
+        )
     path = spec[len('file:') :] if spec.startswith('file:') else spec
     if spec.startswith('file:') or (len(spec) < 4096 and '\n' not in spec and Path(path).is_file()):
         if not Path(path).is_file():

@@ -24,6 +24,24 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 }
 
 
+def convert_mode(img: Image.Image, mode: str) -> Image.Image:
+    """``img`` in 8-bit ``mode`` (``RGB`` or ``L``). Unlike ``Image.convert`` alone, high-bit-depth images are scaled,
+    not clipped (a 16-bit PNG would otherwise turn all white), and transparency is laid over white (a transparent
+    background would otherwise turn black)."""
+    if img.mode in ('I;16', 'I;16L', 'I;16B', 'I;16N', 'I', 'F'):
+        values = np.asarray(img, dtype=np.float64)
+        if img.mode == 'F' and values.size and values.max() <= 1.0:
+            values = values * 255.0
+        elif img.mode.startswith('I;16') or (values.size and values.max() > 255):
+            values = values / 257.0
+        img = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), 'L')
+    elif img.mode in ('RGBA', 'LA', 'PA') or (img.mode == 'P' and 'transparency' in img.info):
+        rgba = img.convert('RGBA')
+        background = Image.new('RGBA', rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img if img.mode == mode else img.convert(mode)
+
+
 @dataclass
 class Preprocess:
     """Turns a PIL image into the model's input tensor (C, H, W).
@@ -76,7 +94,7 @@ class Preprocess:
 
     def resize_image(self, img: Image.Image) -> Image.Image:
         """Converts the colour mode and resizes a PIL image to ``img_size`` (H, W)."""
-        img = img.convert('RGB' if self.channels == 3 else 'L')
+        img = convert_mode(img, 'RGB' if self.channels == 3 else 'L')
         if self.rotation:
             img = img.rotate(self.rotation, resample=Image.Resampling.BICUBIC, expand=True)
         h, w = self.img_size

@@ -103,6 +103,16 @@ def check_kwargs(target: type, kwargs: Mapping[str, Any], what: str) -> None:
         raise ValueError(f'unknown {what} key(s) {unknown} for {target.__name__}; valid keys: {sorted(valid)}')
 
 
+def positive_number(key: str, value: Any, kind: type = int) -> Any:
+    """``value`` of config key ``key`` as a positive ``kind`` (int or float); a ValueError naming the key otherwise."""
+    what = 'a positive integer' if kind is int else 'a positive number'
+    if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and value != int(value)):
+        raise ValueError(f'{key} must be {what}, got {value!r} ({type(value).__name__}); e.g. {key}=64')
+    if not value > 0:
+        raise ValueError(f'{key} must be {what}, got {value!r}')
+    return kind(value)
+
+
 def scaled_lr(base_lr: float, batch_size: int, devices: int = 1, accumulate: int = 1) -> float:
     """The LR scaling rule: ``lr * sqrt(devices) * batch_size / 256 * accumulate``."""
     return base_lr * math.sqrt(devices) * batch_size / 256.0 * accumulate
@@ -153,9 +163,9 @@ class BaseSystem(pl.LightningModule):
         self.charset_train = resolve_charset(charset_train)
         self.charset_test = resolve_charset(charset_test)
         self.tokenizer = self.tokenizer_class(self.charset_train)
-        self.max_label_length = max_label_length
-        self.batch_size = batch_size
-        self.lr = lr
+        self.max_label_length = positive_number('model.max_label_length', max_label_length)
+        self.batch_size = positive_number('model.batch_size', batch_size)
+        self.lr = positive_number('model.lr', lr, float)
         self.val_metrics = RecognitionMetrics(['val'], TextNormalizer.from_options(charset_test=self.charset_test))
         # Sums of loss x elements and of elements, added up over DDP ranks at compute(): the exact mean over all
         # samples. (Lightning's own sync_dist mean divides the summed integer counts by the world size in integer

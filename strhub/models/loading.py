@@ -61,6 +61,14 @@ def resolve_checkpoint_path(spec: str | os.PathLike) -> Path:
     if spec in registry.PRETRAINED:
         return download(registry.PRETRAINED[spec].url)
     path = Path(spec).expanduser()
+    if path.is_dir():
+        # A run directory (or its checkpoints/ folder) stands for its last checkpoint.
+        inside = next((p for p in (path / 'checkpoints' / 'last.ckpt', path / 'last.ckpt') if p.is_file()), None)
+        if inside is None:
+            raise FileNotFoundError(
+                f'{spec} is a directory without checkpoints/last.ckpt or last.ckpt; pass a checkpoint file (.ckpt)'
+            )
+        return inside
     if path.is_file():
         return path
     raise FileNotFoundError(

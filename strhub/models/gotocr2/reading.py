@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from strhub.data.preprocess import convert_mode
 from strhub.models.gotocr2.prompts import build_prompt, crop_tiles, normalize_box, plan_tiling
 from strhub.models.gotocr2.system import GotOcr2System
 from strhub.reading import preprocess_for
@@ -33,7 +34,7 @@ def prepare_inputs(
     if not isinstance(system, GotOcr2System):
         raise TypeError(f'{type(system).__name__} is not a GOT-OCR2 system; region and crop prompts need one')
     preprocess = preprocess_for(system)
-    image = image.convert('RGB')
+    image = convert_mode(image, 'RGB')
     region = normalize_box(box, image.size) if box is not None else None
     if max_crops > 1:
         tiling = plan_tiling(image.size, tuple(system.model.img_size), 1, max_crops)
