@@ -201,6 +201,11 @@ def _export_onnx_once(
         torch.onnx.export(graph, (images,), str(path), **kwargs)
 
 
+def _temporary_path(path: Path) -> Path:
+    """A hidden file beside ``path`` (same filesystem, so the final move is an atomic rename), same extension."""
+    return path.with_name(f'.{path.stem}.{os.getpid()}.tmp{path.suffix}')
+
+
 def write_onnx_metadata(path: str | os.PathLike, metadata: Mapping[str, str]) -> None:
     """Adds (or replaces) ``metadata_props`` entries of an ONNX file in place."""
     import onnx
@@ -270,21 +275,25 @@ def export_onnx(
     check_images = _example_images(system, 3 if dynamic_batch else 1, seed=1)
     candidates = ['legacy', 'dynamo'] if exporter == 'auto' else [exporter]
     failures = []
+    # Written under a temporary name and moved to ``path`` only once verified: an unverified file never sits at the
+    # output path (not even while the next exporter is tried).
+    tmp = _temporary_path(path)
     for candidate in candidates:
         try:
             _export_onnx_once(
-                graph, images, path, candidate, max(opset, 18) if candidate == 'dynamo' else opset, dynamic_batch
+                graph, images, tmp, candidate, max(opset, 18) if candidate == 'dynamo' else opset, dynamic_batch
             )
-            write_onnx_metadata(path, metadata)
-            diff = verify_onnx(system, path, check_images) if verify else None
+            write_onnx_metadata(tmp, metadata)
+            diff = verify_onnx(system, tmp, check_images) if verify else None
         except Exception as e:  # noqa: BLE001 - exporters raise many unrelated types; each is reported below
+            tmp.unlink(missing_ok=True)
             first_line = (str(e).strip().splitlines() or [''])[0][:300]
             failures.append(f'{candidate} exporter: {type(e).__name__}: {first_line}')
             log.info('ONNX export of %s with the %s exporter failed: %s', model_name(system), candidate, e)
             continue
+        os.replace(tmp, path)
         log.info('exported %s to %s with the %s exporter', model_name(system), path, candidate)
         return {'path': str(path), 'exporter': candidate, 'max_abs_diff': diff, 'metadata': metadata}
-    path.unlink(missing_ok=True)
     raise ExportError(
         f'ONNX export of {model_name(system)} ({type(system.model).__name__}) failed: ' + '; '.join(failures) + '. '
         'Try --format torchscript, another --exporter, or a simpler decoding mode (--decode nar, --refine-iters 0)'
@@ -306,13 +315,14 @@ def export_torchscript(
     path.parent.mkdir(parents=True, exist_ok=True)
     graph = ExportedRecognizer(system.model, system.max_label_length).eval()
     images = _example_images(system, 2 if dynamic_batch else 1)
+    tmp = _temporary_path(path)
     try:
         with _export_context():
             traced = torch.jit.trace(graph, (images,), check_trace=False)
             metadata = export_metadata(system, graph(images).shape[-1])
-            torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_METADATA_FILE: json.dumps(metadata)})
+            torch.jit.save(traced, str(tmp), _extra_files={TORCHSCRIPT_METADATA_FILE: json.dumps(metadata)})
     except Exception as e:  # noqa: BLE001 - the tracer raises many unrelated types
-        path.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise ExportError(
             f'TorchScript export of {model_name(system)} ({type(system.model).__name__}) failed: '
             f'{type(e).__name__}: {(str(e).strip().splitlines() or [""])[0][:300]}. Try --format onnx'
@@ -320,12 +330,14 @@ def export_torchscript(
     diff = None
     if verify:
         check_images = _example_images(system, 3 if dynamic_batch else 1, seed=1)
-        loaded = torch.jit.load(str(path))
+        loaded = torch.jit.load(str(tmp))
         with torch.inference_mode():
             got, expected = loaded(check_images), graph(check_images)
         diff = float((got - expected).abs().max())
         if diff > VERIFY_ATOL or decode_with_tokenizer(system, got) != decode_with_tokenizer(system, expected):
+            tmp.unlink(missing_ok=True)
             raise ExportError(f'TorchScript output differs from PyTorch (max abs logit difference {diff:.3g})')
+    os.replace(tmp, path)
     return {'path': str(path), 'exporter': 'torch.jit.trace', 'max_abs_diff': diff, 'metadata': metadata}
 
 

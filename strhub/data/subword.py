@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -335,8 +335,9 @@ class SubwordVocabSpec:
     """Where a sub-word head's vocabulary comes from (the ``model.bpe`` / ``model.wordpiece`` config sections).
 
     Attributes:
-        source: ``files`` (the published GPT-2 / BERT uncased vocabularies) or ``train`` (learnt from the training
-            labels when training starts).
+        source: ``files`` (the published GPT-2 / BERT uncased vocabularies), ``train`` (learnt from the training
+            labels when training starts), or ``auto``: the files where they exist, else ``train`` (see
+            :meth:`resolve`).
         size: classes of the head; the vocabulary's size for ``files``, the most tokens to learn for ``train``.
         files: ``[vocab.json, merges.txt]`` (BPE) or ``[vocab.txt]`` (WordPiece), for ``files``.
         serialized: the vocabulary itself (:meth:`SubwordTokenizer.to_dict`); checkpoints carry it, and it wins
@@ -355,11 +356,37 @@ class SubwordVocabSpec:
         if unknown:
             raise ValueError(f'unknown model.{head} key(s) {unknown}; valid keys: {sorted(known)}')
         spec = cls(**values)
-        if spec.source not in ('files', 'train'):
-            raise ValueError(f"model.{head}.source={spec.source!r}: use 'files' or 'train'")
+        if spec.source not in ('files', 'train', 'auto'):
+            raise ValueError(f"model.{head}.source={spec.source!r}: use 'files', 'train' or 'auto'")
         if int(spec.size) < 1:
             raise ValueError(f'model.{head}.size={spec.size}: give the number of classes of the {head} head')
         return spec
+
+    def resolve(self, head: str) -> SubwordVocabSpec:
+        """This spec with ``auto`` decided (the published files when every one exists, else learnt from the
+        labels, said in one log line), and ``files`` checked now: a missing file is reported before any data is
+        read or a model built, not when training starts."""
+        if self.serialized or self.source == 'train':
+            return self
+        missing = [str(f) for f in self.files if not Path(f).expanduser().is_file()]
+        if self.source == 'files':
+            if missing:
+                _existing(missing[0], 'GPT-2 vocab.json' if head == 'bpe' else 'BERT vocab.txt')
+            return self
+        if self.files and not missing:
+            return replace(self, source='files')
+        log.info(
+            'model.%s: the published vocabulary (%s) is not here, so a %s vocabulary of at most %d tokens will be '
+            'learnt from the training labels; to use the published one, put its files there (model.%s.files) or set '
+            'model.%s.source=files',
+            head,
+            ', '.join(missing) or 'no files given',
+            head,
+            int(self.size),
+            head,
+            head,
+        )
+        return replace(self, source='train')
 
 
 def build_subword_tokenizer(

@@ -93,8 +93,8 @@ class MGPSTRSystem(BaseSystem):
         super().__init__(img_size=img_size, max_label_length=max_label_length, **kwargs)
         check_kwargs(MGPSTR, arch, 'model.arch')
         self.vocab_specs = {
-            'bpe': SubwordVocabSpec.from_mapping(bpe, 'bpe'),
-            'wordpiece': SubwordVocabSpec.from_mapping(wordpiece, 'wordpiece'),
+            'bpe': SubwordVocabSpec.from_mapping(bpe, 'bpe').resolve('bpe'),
+            'wordpiece': SubwordVocabSpec.from_mapping(wordpiece, 'wordpiece').resolve('wordpiece'),
         }
         self._subword: dict[str, SubwordTokenizer] = {}
         num_classes = {'char': len(self.tokenizer), **{h: int(s.size) for h, s in self.vocab_specs.items()}}

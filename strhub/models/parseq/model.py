@@ -127,8 +127,9 @@ class MultiheadAttention(nn.Module):
 
     def split_key_value(self, packed: Tensor) -> tuple[Tensor, Tensor]:
         """(N, S, 2D) packed keys and values -> keys and values, each an (N, num_heads, S, head_dim) view."""
-        k, v = packed.unflatten(-1, (2, self.num_heads, -1)).permute(2, 0, 3, 1, 4)
-        return k, v
+        # Indexed, not unpacked: views from unpacking (unbind) may not see their base written in place later.
+        kv = packed.unflatten(-1, (2, self.num_heads, -1)).permute(2, 0, 3, 1, 4)
+        return kv[0], kv[1]
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None = None) -> Tensor:
         """Projected q (N, H, L, d_h), k and v (N, H, S, d_h) -> (N, L, D) output.
@@ -453,7 +454,11 @@ class PARSeq(nn.Module):
             raise ValueError(f'max_length must be >= 0, got {max_length}')
         num_steps = max_length + 1
         memory_kv = self.project_memory(memory) if self.use_cache else None
-        if self.decode_ar and self.use_cache:
+        # The cached loops write each step's keys and values into a buffer in place, which autograd cannot
+        # differentiate through; with a gradient wanted (e.g. attribution, or a plain call without no_grad) decoding
+        # recomputes the prefix instead: the same logits, out of place.
+        wants_grad = torch.is_grad_enabled() and (memory.requires_grad or self.pos_queries.requires_grad)
+        if self.decode_ar and self.use_cache and not wants_grad:
             logits = self._decode_ar_cached(memory, memory_kv, num_steps, stop_early)
         elif self.decode_ar:
             logits = self._decode_ar_recompute(memory, num_steps, stop_early)
