@@ -10,13 +10,14 @@ Hydra options: ./train.py --help (groups and their choices), ./train.py --cfg jo
 """
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from strhub.config import CONFIG_DIR
+from strhub.config import CONFIG_DIR, override_hint
 from strhub.training import train
 
 
@@ -28,4 +29,11 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    try:
+        main()
+    except SystemExit as exit_:
+        # Hydra has printed why it refused the overrides; add the nearest valid key or option where there is one.
+        hint = override_hint([a for a in sys.argv[1:] if not a.startswith('-')]) if exit_.code else None
+        if hint:
+            print(hint, file=sys.stderr)
+        raise

@@ -87,7 +87,14 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         data = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises several unrelated types for a bad file
-        raise ValueError(f'{path} is not a readable checkpoint ({type(e).__name__}: {e})') from e
+        if 'Weights only load failed' in str(e):
+            reason = (
+                'not a PyTorch checkpoint, or one holding Python objects besides tensors and plain data, which are '
+                'not loaded because unpickling them could run code'
+            )
+        else:
+            reason = f'{type(e).__name__}: {(str(e).strip().splitlines() or [""])[0]}'
+        raise ValueError(f'{path} is not a readable checkpoint ({reason})') from e
     if not isinstance(data, dict):
         raise ValueError(f'{path} holds a {type(data).__name__}, not a checkpoint dictionary')
     return data
