@@ -39,6 +39,7 @@ def main(argv=None) -> int:
     argv, runtime = split_runtime_args(sys.argv[1:] if argv is None else list(argv))
     args = parser.parse_args(argv)
     options = parse_runtime_args(runtime)
+    print(f'Additional keyword arguments: {options}', file=sys.stderr)
     system = load(checkpoint_spec(args.checkpoint), device=resolve_device(args.device), **options)
     system = with_options(system, args.options, copy_system=False)
     if args.box or args.color or args.format or args.crops > 1:

@@ -11,6 +11,7 @@ Models with several prediction heads (MGP-STR) also get a table of each head's a
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from strhub.cli_args import checkpoint_spec, parse_runtime_args, resolve_device, run_cli, split_runtime_args
 from strhub.config import compose_config
@@ -57,9 +58,46 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, dict]:
     return parser.parse_args(argv), parse_runtime_args(runtime)
 
 
+def benchmark_groups(configured, all_eval: bool, new: bool) -> dict[str, list[str]]:
+    """Title -> benchmark names of the tables test.py prints: the reference implementation's "Benchmark (Subset)" and
+    "Benchmark" (and "New" with --new), or with --benchmark_all_eval one table over every standard set."""
+    groups = (
+        {'': list(configured.all)}
+        if all_eval
+        else {'Benchmark (Subset)': list(configured.subset), 'Benchmark': list(configured.benchmark)}
+    )
+    if new:
+        groups['New'] = list(configured.new)
+    return groups
+
+
+def grouped_tables(results: dict, groups: dict[str, list[str]]) -> str:
+    """One results table per group that has any evaluated set (each with its own Combined row), titled '<group> set:'
+    as in the reference implementation."""
+    parts = []
+    for title, members in groups.items():
+        present = {name: results[name] for name in members if name in results}
+        if present:
+            parts.append((f'{title} set:\n' if title else '') + format_table(present))
+    return '\n\n'.join(parts)
+
+
+def save_log(checkpoint: str, report: str) -> None:
+    """Writes the tables to ``<checkpoint>.log.txt`` beside a local checkpoint file, as the reference does."""
+    path = Path(checkpoint_spec(checkpoint))
+    if not path.is_file():
+        return
+    target = path.with_name(path.name + '.log.txt')
+    try:
+        target.write_text(report + '\n', encoding='utf-8')
+    except OSError as e:
+        log.warning('could not write %s: %s', target, e)
+
+
 def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
     args, runtime = parse_args(argv)
+    print(f'Additional keyword arguments: {runtime}', file=sys.stderr)
     device = resolve_device(args.device)
     system = load(checkpoint_spec(args.checkpoint), device=device, **runtime)
     hp = system.hparams
@@ -79,11 +117,12 @@ def main(argv=None) -> int:
         batch_size=args.batch_size,
         num_workers=args.num_workers,
     )
+    groups = benchmark_groups(cfg.benchmark_groups, args.benchmark_all_eval, args.new)
     if args.test_dirs:
         sets, missing = discover_test_sets(args.test_dirs), []
+        groups = {'': list(sets)}
     else:
-        names = list(cfg.benchmark_groups.all if args.benchmark_all_eval else cfg.benchmark_groups.default)
-        names += list(cfg.benchmark_groups.new) if args.new else []
+        names = list(dict.fromkeys(name for members in groups.values() for name in members))
         sets, missing = datamodule.find_benchmarks(names)
     if missing:
         log.warning(
@@ -92,13 +131,16 @@ def main(argv=None) -> int:
             ','.join(cfg.data.test_roots),
             ', '.join(missing),
         )
-    if not sets:
-        log.error(
-            'no test set to evaluate: put the benchmark LMDBs under %s/test/ (or evaluation/), see '
-            'data/README.md, or pass --test_dirs',
-            args.data_root,
+    if not sets and args.test_dirs:
+        raise FileNotFoundError(
+            f'no LMDB (a directory holding data.mdb) under {", ".join(args.test_dirs)}: create one with '
+            'tools/create_lmdb.py'
         )
-        return 1
+    if not sets:
+        raise FileNotFoundError(
+            f'no test set to evaluate: put the benchmark LMDBs under {args.data_root}/test/ (or evaluation/), see '
+            'data/README.md, or pass --test_dirs'
+        )
     loaders = datamodule.test_dataloaders(sets, rotation=args.rotation)
     runs = compare_options(
         system, args.options, lambda candidate: run_evaluation(candidate, loaders, normalizer, bool(args.errors))
@@ -106,7 +148,9 @@ def main(argv=None) -> int:
     evaluation = next(iter(runs.values()))
     results, errors = evaluation.results, evaluation.errors
     check_scored(results, loaders)
-    print(format_table(results))
+    report = grouped_tables(results, groups)
+    print(report)
+    save_log(args.checkpoint, report)
     if evaluation.skipped:
         print('\n' + format_skipped(evaluation.skipped))
     if len(runs) > 1:

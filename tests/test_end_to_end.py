@@ -92,13 +92,13 @@ def test_test_script_prints_table_and_writes_files(trained, word_data, tmp_path,
     )
     assert rc == 0
     table = capsys.readouterr().out
-    assert '| Dataset' in table and '| IIIT5k_3000' in table and '| Combined' in table
+    assert '| Dataset' in table and '| IIIT5k' in table and '| Combined' in table
     figures = json.loads(results.read_text())
-    assert figures['results']['IIIT5k_3000']['num_samples'] == 16
+    assert figures['results']['IIIT5k']['num_samples'] == 16
     assert 'SVT' in figures['missing']
     lines = errors.read_text().splitlines()
     assert lines[0] == 'dataset\tkey\tlabel\tprediction\tconfidence'
-    assert len(lines) - 1 == round(16 * (1 - figures['results']['IIIT5k_3000']['accuracy'] / 100))
+    assert len(lines) - 1 == round(16 * (1 - figures['results']['IIIT5k']['accuracy'] / 100))
 
 
 def test_read_script(trained, word_data, tmp_path, capsys):

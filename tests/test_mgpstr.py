@@ -504,7 +504,7 @@ def test_checkpoint_carries_learnt_vocabularies_and_test_reports_every_head(trai
     assert '| char accuracy | bpe accuracy | wordpiece accuracy | fused accuracy |' in out
     saved = json.loads(results.read_text())
     assert set(saved['heads']) == {'char', 'bpe', 'wordpiece', 'fused'}
-    assert saved['heads']['fused']['IIIT5k_3000'] == saved['results']['IIIT5k_3000']
+    assert saved['heads']['fused']['IIIT5k'] == saved['results']['IIIT5k']
 
 
 def test_read_saves_attention_maps(trained, word_data, tmp_path, capsys):

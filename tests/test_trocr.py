@@ -642,8 +642,8 @@ def test_checkpoint_goes_through_test_and_read_scripts(trained, word_data, tmp_p
     args = [str(ckpt), '--data_root', str(word_data), '--num_workers', '0', '--device', 'cpu']
     assert run_script('test', [*args, '--results', str(tmp_path / 'r.json'), 'beam_size:int=2']) == 0
     table = capsys.readouterr().out
-    assert '| IIIT5k_3000' in table and '| Combined' in table
-    assert json.loads((tmp_path / 'r.json').read_text())['results']['IIIT5k_3000']['num_samples'] == 16
+    assert '| IIIT5k' in table and '| Combined' in table
+    assert json.loads((tmp_path / 'r.json').read_text())['results']['IIIT5k']['num_samples'] == 16
     from PIL import Image
 
     paths = []

@@ -171,7 +171,7 @@ def test_scripts_print_one_line_for_user_errors(checkpoint, tmp_path, capsys):
     ]:
         assert run_cli(script(name), argv) == 2
         err = capsys.readouterr().err
-        assert err.startswith('error: ') and 'Traceback' not in err and '--debug' in err
+        assert err.count('error: ') == 1 and 'Traceback' not in err and '--debug' in err
     with pytest.raises(FileNotFoundError):
         run_cli(script('test'), [str(tmp_path / 'missing.ckpt'), '--debug'])
 
@@ -196,3 +196,32 @@ def test_read_reads_every_readable_file_and_reports_the_others(checkpoint, tmp_p
                          ('missing.png', 'no such file')]:  # fmt: skip
         assert f'cannot read image {tmp_path / name}: ' in err and reason in err
     assert '4 of 8 file(s) could not be read' in err
+
+
+@pytest.mark.parametrize(
+    ('overrides', 'hint'),
+    [
+        (['model.batchsize=8'], "'model.batchsize' is not a config key; did you mean model.batch_size?"),
+        (['trainer.max_step=3'], 'did you mean trainer.max_steps?'),
+        (
+            ['+experiment=parseq-tinyy'],
+            "'experiment=parseq-tinyy' is not a config of the experiment group; did you mean parseq-tiny",
+        ),  # fmt: skip
+        (['charset=94-full'], 'did you mean 94_full?'),
+        (['model.batch_size=8'], None),
+    ],
+)
+def test_a_refused_override_gets_the_nearest_valid_name(overrides, hint):
+    from strhub.config import override_hint
+
+    found = override_hint(overrides)
+    assert (found is None) if hint is None else (hint in found)
+
+
+def test_train_script_prints_the_hint_after_hydras_message(tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(REPO_ROOT / 'train.py'), 'model.batchsize=8'], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 1 and 'did you mean model.batch_size?' in proc.stderr.splitlines()[-1]

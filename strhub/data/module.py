@@ -115,7 +115,8 @@ class SceneTextDataModule(pl.LightningDataModule):
         charset_train / charset_test: charset specs (see :func:`resolve_charset`); training labels are filtered
             with the train charset, validation / test labels with the test charset.
         preprocess: :class:`Preprocess` fields (img_size, resize, normalization ...).
-        augment: augmentation config for training (see :mod:`strhub.data.augment`); None or disabled = off.
+        augment: augmentation config for training (see :mod:`strhub.data.augment`), or a bool: true for the default
+            augmentation; None, false or disabled = off.
         samples_per_epoch: draws per training epoch when mixing sources (default: their total size).
         return_boxes: training batches get a third column: per sample, one ``[x0, y0, x1, y1]`` box per label
             character in pixels of the model input (after the resize), or None where the data has no (usable)
@@ -159,6 +160,9 @@ class SceneTextDataModule(pl.LightningDataModule):
         self.charset_test = resolve_charset(charset_test)
         self.max_label_length = max_label_length
         self.preprocess = Preprocess(**dict(preprocess or {}))
+        # data.augment=true / false (the reference implementation's form) switches the default augmentation.
+        if isinstance(augment, bool):
+            augment = {'enabled': augment}
         self.augment_cfg = dict(augment) if augment else None
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -177,6 +181,16 @@ class SceneTextDataModule(pl.LightningDataModule):
         self._train: Dataset | None = None
         self._train_sizes: list[int] = []
         self._val: Dataset | None = None
+
+    @staticmethod
+    def get_transform(
+        img_size: Sequence[int], augment: bool = False, rotation: float = 0.0, **preprocess: Any
+    ) -> ImageTransform:
+        """PIL image -> (C, H, W) model input, as the reference implementation's
+        ``SceneTextDataModule.get_transform(img_size, augment, rotation)``: ``img_size`` is (height, width); other
+        :class:`Preprocess` fields (resize, normalization ...) default to the strhub zoo's preset."""
+        augmentation = build_augmentation({'enabled': True}) if augment else None
+        return ImageTransform(Preprocess(img_size=img_size, rotation=rotation, **preprocess), augmentation)
 
     # -- datasets -----------------------------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Text-only data for pre-training a language model (e.g. ABINet's) on a word list, without images.
+"""Text-only data for pre-training a language model (e.g. ABINet's) on a word list, without images: a text file, or
+the labels of the training LMDBs (read once, images never decoded).
 
 Batches are ``(None, labels)``: the same ``(images, labels)`` shape as the image pipeline's, with no images, so a
 system whose loss needs only the labels trains on them unchanged.
@@ -19,6 +20,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from strhub.data.charsets import resolve_charset
 from strhub.data.labels import LabelFilter
+from strhub.data.lmdb_dataset import open_lmdb_datasets
+from strhub.data.module import Source, resolve_dir
 from strhub.data.sharding import evaluation_sampler
 
 log = logging.getLogger(__name__)
@@ -57,6 +60,29 @@ def read_word_list(path: str | os.PathLike | None, label_filter: LabelFilter, ke
     return words
 
 
+def lmdb_words(
+    root_dir: str | os.PathLike, sources: Sequence[Mapping[str, Any]], label_filter: LabelFilter, what: str
+) -> list[str]:
+    """The (filtered) labels of the LMDB sources of a dataset config, as a word list; their images are not read.
+
+    Raises:
+        ValueError: a source is synthetic (it has no stored labels) or there is no source.
+    """
+    words: list[str] = []
+    for source in (Source(**dict(s)) for s in sources):
+        if source.kind != 'lmdb':
+            raise ValueError(
+                f'{what}: source {source.name!r} is rendered on the fly and has no stored labels; set data.text_file'
+            )
+        path = resolve_dir(Path(root_dir), source.paths, f'{what} source {source.name!r}')
+        for dataset in open_lmdb_datasets([path], label_filter=label_filter):
+            words.extend(dataset.labels)
+    if not words:
+        raise ValueError(f'{what}: no labels found; set data.text_file=<word list> or dataset=<name>')
+    log.info('%s: %d words from the labels of the LMDBs under %s', what, len(words), root_dir)
+    return words
+
+
 class WordListDataset(Dataset):
     """A list of words; item ``i`` is the word itself."""
 
@@ -79,7 +105,8 @@ class TextDataModule(pl.LightningDataModule):
     """Training and validation words from text files, for language-model pre-training.
 
     Args:
-        text_file: training words, one per line.
+        text_file: training words, one per line; None: the labels of the training LMDBs (``root_dir`` + ``train``),
+            as the reference implementation's language-model experiments use, with ``val`` for validation.
         val_text_file: validation words; None holds out ``val_fraction`` of ``text_file`` (at least one word).
         val_fraction: share of ``text_file`` held out for validation when there is no ``val_text_file``.
         charset_train: the model's charset; words are normalised and filtered with it (the language model reads
@@ -102,6 +129,9 @@ class TextDataModule(pl.LightningDataModule):
         normalize_unicode: bool = True,
         unknown_chars: str = 'remove',
         seed: int = 0,
+        root_dir: str | None = None,
+        train: Sequence[Mapping[str, Any]] = (),
+        val: Sequence[str] = (),
     ) -> None:
         super().__init__()
         if not 0.0 <= val_fraction < 1.0:
@@ -113,6 +143,21 @@ class TextDataModule(pl.LightningDataModule):
             remove_whitespace=remove_whitespace,
             normalize_unicode=normalize_unicode,
         )
+        if not text_file and root_dir is not None and train:
+            try:
+                self.train_words = lmdb_words(root_dir, train, label_filter, 'training words')
+                val_dir = resolve_dir(Path(root_dir), list(val), 'validation words')
+                val_source = [{'name': 'val', 'paths': [str(val_dir)]}]
+                self.val_words = lmdb_words(root_dir, val_source, label_filter, 'validation words')
+            except FileNotFoundError as e:
+                raise ValueError(
+                    f'data.text_file is not set, and the labels of the training LMDBs cannot stand in for it: {e}. '
+                    'Pass data.text_file=<word list> (one word per line), or dataset=<name> / data.root_dir=<dir> '
+                    'where the LMDBs are'
+                ) from None
+            self.batch_size = batch_size
+            self.num_workers = num_workers
+            return
         words = read_word_list(text_file, label_filter)
         if val_text_file:
             self.train_words = words

@@ -22,6 +22,7 @@ class PARSeqSystem(CrossEntropySystem):
         perm_num: permutations per batch for permutation language modelling.
         perm_forward: always include the left-to-right permutation.
         perm_mirrored: pair every permutation with its mirror image.
+        decode_ar / refine_iters: when not None, override ``arch``'s (the reference's ``model.decode_ar=false``).
         **kwargs: see :class:`BaseSystem`.
     """
 
@@ -33,10 +34,17 @@ class PARSeqSystem(CrossEntropySystem):
         perm_mirrored: bool = True,
         img_size: Sequence[int] = (32, 128),
         max_label_length: int = 25,
+        decode_ar: bool | None = None,
+        refine_iters: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(img_size=img_size, max_label_length=max_label_length, **kwargs)
         check_kwargs(PARSeq, arch, 'model.arch')
+        # model.decode_ar / model.refine_iters, the reference implementation's names, override model.arch's.
+        arch = {
+            **dict(arch),
+            **{k: v for k, v in (('decode_ar', decode_ar), ('refine_iters', refine_iters)) if v is not None},
+        }
         tok = self.tokenizer
         self.model = PARSeq(
             num_tokens=len(tok),
