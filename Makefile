@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 REQS := requirements/core.txt requirements/train.txt requirements/bench.txt requirements/tune.txt requirements/test.txt requirements/export.txt requirements/dev.txt
 DEMO_DIR ?= data/demo
 
-.PHONY: venv demo test lint format bench reqs clean-venv real-data synth-cpu
+.PHONY: venv demo test lint format bench reqs clean-venv real-data synth-cpu browser
 
 venv: $(VENV)/.installed
 
@@ -32,8 +32,19 @@ demo: venv
 	$(PY) read.py $(DEMO_RUN)/checkpoints/last.ckpt --images $(DEMO_RUN)/images/*.jpg
 	@echo "demo done: run in $(DEMO_RUN); the true labels of the images read above are in $(DEMO_RUN)/images/labels.tsv"
 
-test: venv
+test: venv browser
 	$(PY) -m pytest -q tests
+
+# A headless Chromium from the distribution's packages, for the test that opens test.py's HTML report in a real
+# browser. Installed only where it is missing and this is a Debian-like system we may install on (root); otherwise
+# that one test is skipped and says why.
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium (for the HTML report test)"; \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+			|| echo "could not install chromium: the HTML report's browser test will be skipped"; \
+	else echo "no chromium and no way to install it here: the HTML report's browser test will be skipped"; fi
 
 # Real word crops (folders of images + labels.tsv) -> data/real/{all,finetune,heldout}/<set> LMDBs.
 REAL_SRC ?= ../shared/data/real

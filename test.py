@@ -48,6 +48,12 @@ def parse_args(argv=None) -> tuple[argparse.Namespace, dict]:
     parser.add_argument('--results', help='write the figures to this JSON file')
     parser.add_argument('--errors', help='write every wrong prediction to this TSV file')
     parser.add_argument(
+        '--report',
+        metavar='DIR',
+        help='write an HTML report (results, gallery of wrong predictions, accuracy by length and confidence, '
+        'character confusions, attention maps) and its figures as PNGs to DIR',
+    )
+    parser.add_argument(
         '--options',
         nargs='+',
         default=['none'],
@@ -142,8 +148,13 @@ def main(argv=None) -> int:
             'data/README.md, or pass --test_dirs'
         )
     loaders = datamodule.test_dataloaders(sets, rotation=args.rotation)
+    collect_errors, collect_samples = bool(args.errors or args.report), bool(args.report)
     runs = compare_options(
-        system, args.options, lambda candidate: run_evaluation(candidate, loaders, normalizer, bool(args.errors))
+        system,
+        args.options,
+        lambda candidate: run_evaluation(
+            candidate, loaders, normalizer, collect_errors, collect_samples=collect_samples
+        ),
     )
     evaluation = next(iter(runs.values()))
     results, errors = evaluation.results, evaluation.errors
@@ -170,12 +181,23 @@ def main(argv=None) -> int:
             punctuation=args.punctuation,
             rotation=args.rotation,
             missing=missing,
+            model=hp.name,
             skipped={name: vars(entry) for name, entry in evaluation.skipped.items()},
             **heads,
         )
     if args.errors:
         write_errors(errors, args.errors)
         log.info('%d wrong predictions written to %s', len(errors), args.errors)
+    if args.report:
+        from strhub.report import write_report
+
+        settings = {'checkpoint': args.checkpoint, 'model': hp.name, 'cased': args.cased}
+        settings |= {'punctuation': args.punctuation, 'rotation': args.rotation, 'options': runtime or 'none'}
+        page = write_report(
+            evaluation, args.report, datamodule.test_preprocess(args.rotation), normalizer, f'{hp.name}: test report',
+            system=system, settings=settings,
+        )  # fmt: skip
+        print(f'\nreport: {page}')
     return 0
 
 

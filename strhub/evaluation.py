@@ -34,22 +34,35 @@ MAX_LISTED_SKIPS = 3
 
 @dataclass
 class Prediction:
+    """One scored sample. ``root`` and ``index`` locate it in its LMDB (``image-%09d`` % index), when it has one."""
+
     dataset: str
     key: str
     label: str
     prediction: str
     confidence: float
+    correct: bool = False
+    root: str = ''
+    index: int = 0
 
 
-def sample_key(dataset: Dataset, position: int) -> str:
-    """The LMDB key (``<lmdb dir>:label-%09d``) of sample ``position`` of a (concatenation of) LmdbDataset(s)."""
+def locate_sample(dataset: Dataset, position: int) -> tuple[LmdbDataset | None, int]:
+    """The LmdbDataset holding sample ``position`` of a (concatenation of) dataset(s) and the sample's 1-based LMDB
+    index; ``(None, position)`` for other datasets."""
     while isinstance(dataset, ConcatDataset):
         part = bisect.bisect_right(dataset.cumulative_sizes, position)
         position -= dataset.cumulative_sizes[part - 1] if part else 0
         dataset = dataset.datasets[part]
     if isinstance(dataset, LmdbDataset):
-        return f'{dataset.root.name}:{label_key(dataset.indices[position]).decode()}'
-    return str(position)
+        return dataset, dataset.indices[position]
+    return None, position
+
+
+def _prediction(name: str, dataset: Dataset, position: int, label: str, pred: str, conf: float, correct: bool):
+    lmdb_dataset, index = locate_sample(dataset, position)
+    key = f'{lmdb_dataset.root.name}:{label_key(index).decode()}' if lmdb_dataset is not None else str(position)
+    root = str(lmdb_dataset.root) if lmdb_dataset is not None else ''
+    return Prediction(name, key, label, pred, conf, correct, root, index)
 
 
 def discover_test_sets(dirs: list[str | Path]) -> dict[str, Path]:
@@ -88,12 +101,14 @@ class Evaluation:
         heads: for systems with several prediction heads, head name -> dataset name -> figures; else empty.
         skipped: dataset name -> the samples left out of its figures because their stored data is broken (only
             datasets that had any).
+        samples: every scored sample, right or wrong (when collected, e.g. for a report).
     """
 
     results: dict[str, RecognitionResult]
     errors: list[Prediction]
     heads: dict[str, dict[str, RecognitionResult]] = field(default_factory=dict)
     skipped: dict[str, SkippedSamples] = field(default_factory=dict)
+    samples: list[Prediction] = field(default_factory=list)
 
 
 def _startup_faults(dataset: Dataset) -> SkippedSamples:
@@ -133,14 +148,17 @@ def run_evaluation(
     normalizer: TextNormalizer,
     collect_errors: bool = False,
     progress: bool = True,
+    collect_samples: bool = False,
 ) -> Evaluation:
-    """Runs ``system`` on each loader: per-dataset metrics (plus ``Combined``), the wrong predictions, and the
-    figures of every prediction head of multi-head systems (one forward pass serves them all)."""
+    """Runs ``system`` on each loader: per-dataset metrics (plus ``Combined``), the wrong predictions, every
+    prediction with ``collect_samples``, and the figures of every prediction head of multi-head systems (one forward
+    pass serves them all)."""
     datasets = list(loaders)
     metrics = RecognitionMetrics(datasets, normalizer).to(system.device)
     predict_heads = getattr(system, 'predict_heads', None)
     head_metrics: dict[str, RecognitionMetrics] = {}
     errors: list[Prediction] = []
+    samples: list[Prediction] = []
     skipped: dict[str, SkippedSamples] = {}
     for name, loader in loaders.items():
         seen = 0
@@ -168,12 +186,16 @@ def run_evaluation(
                     head_metrics[head].update(name, head_preds, labels, [float(p.prod()) for p in head_probs])
             confidences = [float(p.prod()) for p in probs]
             metrics.update(name, preds, labels, confidences)
-            if collect_errors:
+            if collect_errors or collect_samples:
                 for position, pred, label, conf in zip(positions, preds, labels, confidences):
-                    if normalizer(pred) != normalizer(label):
-                        errors.append(Prediction(name, sample_key(loader.dataset, position), label, pred, conf))
+                    correct = normalizer(pred) == normalizer(label)
+                    record = _prediction(name, loader.dataset, position, label, pred, conf, correct)
+                    if collect_samples:
+                        samples.append(record)
+                    if collect_errors and not correct:
+                        errors.append(record)
     heads = {head: m.compute() for head, m in head_metrics.items()}
-    return Evaluation(metrics.compute(), errors, heads, {k: v for k, v in skipped.items() if v.total})
+    return Evaluation(metrics.compute(), errors, heads, {k: v for k, v in skipped.items() if v.total}, samples)
 
 
 def check_scored(results: Mapping[str, RecognitionResult], loaders: Mapping[str, DataLoader]) -> None:
@@ -231,6 +253,7 @@ def format_head_table(heads: Mapping[str, Mapping[str, RecognitionResult]], fmt:
 
 def write_errors(errors: list[Prediction], path: str | Path) -> None:
     """TSV of every wrong prediction: dataset, key, label, prediction, confidence."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, 'w', encoding='utf-8', newline='') as f:
         writer = csv.writer(f, delimiter='\t', lineterminator='\n')
         writer.writerow(['dataset', 'key', 'label', 'prediction', 'confidence'])
@@ -239,4 +262,5 @@ def write_errors(errors: list[Prediction], path: str | Path) -> None:
 
 
 def write_results(results: Mapping[str, RecognitionResult], path: str | Path, **meta) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps({'results': results, **meta}, indent=2), encoding='utf-8')

@@ -85,9 +85,6 @@ def save_attention_maps(
             f'{type(system).__name__} has no attention maps to save; --attention works with models that read '
             'through spatial attention slots (MGP-STR)'
         )
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     preprocess = preprocess_for(system)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -105,25 +102,35 @@ def save_attention_maps(
             count = stems.get(path.stem, 0)
             stems[path.stem] = count + 1
             stem = path.stem if count == 0 else f'{path.stem}-{count}'
-            height, width = shown[i].shape[:2]
             for head, (tokens, grids) in maps.items():
-                panels = tokens[i] or ['(nothing read)']
-                rows = -(-len(panels) // ATTENTION_COLUMNS)
-                panel_w, panel_h = ATTENTION_PANEL_INCHES
-                figure = Figure(figsize=(ATTENTION_COLUMNS * panel_w, rows * panel_h + 0.3))
-                FigureCanvasAgg(figure)
-                figure.suptitle(f'{path.name}: {head}', fontsize=9)
-                for j, token in enumerate(panels):
-                    ax = figure.add_subplot(rows, ATTENTION_COLUMNS, j + 1)
-                    ax.imshow(shown[i])
-                    if tokens[i]:
-                        grid = grids[i, j + 1].float().cpu().numpy()
-                        ax.imshow(grid, cmap='jet', alpha=0.5, extent=(0, width, height, 0), interpolation='bilinear')
-                    # '$' would start matplotlib's math mode.
-                    ax.set_title(token.replace('$', r'\$'), fontsize=8)
-                    ax.axis('off')
-                figure.tight_layout()
+                figure = attention_figure(shown[i], tokens[i], grids[i], f'{path.name}: {head}')
                 target = out_dir / f'{stem}_{head}.png'
                 figure.savefig(target, dpi=100)
                 written.append(target)
     return written
+
+
+def attention_figure(shown: np.ndarray, tokens: Sequence[str], grids: torch.Tensor, title: str):
+    """A matplotlib Figure: one panel per token read, the (H, W, 3) image ``shown`` under the attention of the slot
+    that read it (``grids``: (slots, h, w); token ``j`` is read from slot ``j + 1``), titled by the token."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    height, width = shown.shape[:2]
+    panels = list(tokens) or ['(nothing read)']
+    rows = -(-len(panels) // ATTENTION_COLUMNS)
+    panel_w, panel_h = ATTENTION_PANEL_INCHES
+    figure = Figure(figsize=(ATTENTION_COLUMNS * panel_w, rows * panel_h + 0.3))
+    FigureCanvasAgg(figure)
+    figure.suptitle(title, fontsize=9)
+    for j, token in enumerate(panels):
+        ax = figure.add_subplot(rows, ATTENTION_COLUMNS, j + 1)
+        ax.imshow(shown)
+        if tokens:
+            grid = grids[j + 1].float().cpu().numpy()
+            ax.imshow(grid, cmap='jet', alpha=0.5, extent=(0, width, height, 0), interpolation='bilinear')
+        # '$' would start matplotlib's math mode.
+        ax.set_title(token.replace('$', r'\$'), fontsize=8)
+        ax.axis('off')
+    figure.tight_layout()
+    return figure

@@ -10,6 +10,7 @@ Layout of a sweep directory::
     sweep_config.yaml   the composed config that was swept (with its tune section)
     trials.csv          one row per trial: status, values, figures of its last validation, error
     trials.md           the same as a markdown table, best first, with a summary
+    trials.png          the metric against each swept number (log scale for log-distributed ones), one dot per trial
     best_config.yaml    the best trial's complete config: ./train.py --config-dir <sweep> --config-name best_config
     trials/             Ray's experiment (state, searcher); trials/<trial id>/ holds Ray's per-trial results and
                         checkpoint, and run/ with the trial's Lightning logs and checkpoints
@@ -492,6 +493,46 @@ def write_tables(rows: Sequence[TrialRow], keys: Sequence[str], sweep_dir: Path,
     (sweep_dir / 'trials.md').write_text('\n'.join(lines) + '\n', encoding='utf-8')
 
 
+def _log_scaled(search_space: Any, prefix: str = '') -> set[str]:
+    """The dotted keys of the search space drawn on a log scale (loguniform, lograndint...)."""
+    found: set[str] = set()
+    for key, value in (search_space or {}).items():
+        if isinstance(value, Mapping) and 'type' in value:
+            if str(value['type']).startswith(('log', 'qlog')):
+                found.add(prefix + key)
+        elif isinstance(value, Mapping):
+            found |= _log_scaled(value, f'{prefix}{key}.')
+    return found
+
+
+def plot_trials(rows: Sequence[TrialRow], keys: Sequence[str], metric: str, path: Path, log_keys: set[str]) -> None:
+    """trials.png: ``metric`` of each trial's last validation against every numeric swept value (one panel each);
+    failed trials and trials without the metric are left out. Nothing is written when no trial has the metric."""
+    numeric = [k for k in keys if any(isinstance(r.values.get(k), int | float) for r in rows)]
+    scored = [r for r in rows if not math.isnan(r.metrics.get(metric, math.nan))]
+    if not numeric or not scored:
+        return
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(5 * len(numeric), 4))
+    FigureCanvasAgg(figure)
+    for i, key in enumerate(numeric, start=1):
+        ax = figure.add_subplot(1, len(numeric), i)
+        for status, colour in (('completed', '#2a6f97'), ('stopped', '#c8553d'), ('unfinished', '#999999')):
+            points = [(r.values[key], r.metrics[metric]) for r in scored if r.status == status and key in r.values]
+            if points:
+                ax.scatter(*zip(*points), color=colour, label=status, s=25)
+        if key in log_keys:
+            ax.set_xscale('log')
+        ax.set(xlabel=key, ylabel=f'{metric} (last validation)')
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    figure.suptitle(f'{len(scored)} trial(s) of {path.parent.name}', fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
 def write_best_config(cfg: DictConfig, best: TrialRow, path: Path, metric: str) -> None:
     """The sweep's config with the best trial's values: a complete primary config for ./train.py."""
     best_cfg = apply_values(OmegaConf.create(OmegaConf.to_container(cfg, resolve=False)), best.values)
@@ -608,6 +649,7 @@ def summarise(
     if interrupted:
         summary += f'\n\nThe sweep was interrupted; continue it with ./tune.py tune.resume={sweep_dir}'
     write_tables(rows, keys, sweep_dir, summary)
+    plot_trials(rows, keys, metric, sweep_dir / 'trials.png', log_keys=_log_scaled(cfg.tune.search_space))
     log.info('%s\ntrials: %s', summary, sweep_dir / 'trials.md')
     if best is None and not interrupted:
         first_error = next((r.error for r in rows if r.error), 'no trial reported a validation')

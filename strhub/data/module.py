@@ -283,11 +283,14 @@ class SceneTextDataModule(pl.LightningDataModule):
                 missing.append(name)
         return found, missing
 
+    def test_preprocess(self, rotation: float = 0.0) -> Preprocess:
+        """The preprocessing of the test sets: the model's, rotated by ``rotation`` degrees (robustness tests)."""
+        return dataclasses.replace(self.preprocess, rotation=rotation) if rotation else self.preprocess
+
     def test_dataloaders(self, sets: Mapping[str, Path], rotation: float = 0.0) -> dict[str, DataLoader]:
         """One DataLoader per test set (name -> directory holding one or more LMDBs), yielding
         :class:`EvaluationBatch` es: an undecodable image is skipped and reported, never replaced by another sample."""
-        preprocess = dataclasses.replace(self.preprocess, rotation=rotation) if rotation else self.preprocess
-        transform = ImageTransform(preprocess)
+        transform = ImageTransform(self.test_preprocess(rotation))
         return {
             name: self._loader(
                 ConcatDataset(self._open([path], self.charset_test, transform, substitute_bad=False)),

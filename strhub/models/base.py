@@ -107,7 +107,7 @@ def positive_number(key: str, value: Any, kind: type = int) -> Any:
     """``value`` of config key ``key`` as a positive ``kind`` (int or float); a ValueError naming the key otherwise."""
     what = 'a positive integer' if kind is int else 'a positive number'
     if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and value != int(value)):
-        raise ValueError(f'{key} must be {what}, got {value!r} ({type(value).__name__}); e.g. {key}=64')
+        raise ValueError(f'{key} must be {what}, got {value!r} (a {type(value).__name__})')
     if not value > 0:
         raise ValueError(f'{key} must be {what}, got {value!r}')
     return kind(value)
