@@ -52,7 +52,10 @@ real-data: venv
 	$(PY) tools/prepare_real.py --src $(REAL_SRC) --out data/real --overwrite
 
 # The <= 2 h CPU recipe from the synthetic stream, then its accuracy on every real crop (held out from training).
-SYNTH_CPU_RUN ?= outputs/crnn-synth-cpu/run
+# A new run directory each time (a run directory takes one training run; resume one with ckpt_path=<dir>).
+ifndef SYNTH_CPU_RUN
+SYNTH_CPU_RUN := outputs/crnn-synth-cpu/$(shell date +%Y-%m-%d_%H-%M-%S)
+endif
 synth-cpu: venv real-data
 	$(PY) train.py +experiment=crnn-synth-cpu hydra.run.dir=$(SYNTH_CPU_RUN)
 	$(PY) test.py $(SYNTH_CPU_RUN)/checkpoints/last.ckpt --test_dirs data/real/all

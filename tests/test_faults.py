@@ -390,3 +390,38 @@ def test_config_numbers_are_checked_with_their_key(value, message):
     cfg = compose_config(TINY_PARSEQ + ['model.max_label_length=0'])
     with pytest.raises(ValueError, match='model.max_label_length must be a positive integer'):
         build_system(OmegaConf.to_container(cfg.model, resolve=True))
+
+
+class BatchRecorder(pl.Callback):
+    """Records the labels of every training batch, by global step; stops the run after ``stop_after`` steps as a
+    kill would (no final checkpoint)."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.labels: dict[int, list[str]] = {}
+        self.stop_after = stop_after
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        self.labels[trainer.global_step + 1] = list(batch[1])
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        if self.stop_after is not None and trainer.global_step >= self.stop_after:
+            raise KeyboardInterrupt  # as Ctrl-C would: Lightning stops the run and exits, no final checkpoint
+
+
+def test_a_run_resumed_mid_epoch_sees_the_batches_the_uninterrupted_run_saw(word_data, tmp_path):
+    # 64 training words in batches of 16: 4 batches an epoch; the interruption at step 6 is mid-epoch 1.
+    overrides = TINY_PARSEQ + ['dataset=generated', f'data.root_dir={word_data}', 'trainer.max_steps=10']
+    overrides += ['trainer.max_epochs=-1', 'trainer.val_check_interval=4', 'checkpoint.every_n_steps=1']
+    whole = BatchRecorder()
+    train(compose_config(overrides), tmp_path / 'whole', callbacks=[whole])
+    assert sorted(whole.labels) == list(range(1, 11))
+    first = BatchRecorder(stop_after=6)
+    with pytest.raises(SystemExit):  # Lightning's answer to the interrupt: exit, as a killed run would stop
+        train(compose_config(overrides), tmp_path / 'cut', callbacks=[first])
+    saved = torch.load(tmp_path / 'cut' / 'checkpoints' / 'last.ckpt', map_location='cpu', weights_only=True)
+    assert saved['global_step'] == 6
+    rest = BatchRecorder()
+    train(compose_config(overrides + [f'ckpt_path={tmp_path / "cut"}']), tmp_path / 'cut', callbacks=[rest])
+    assert sorted(rest.labels) == [7, 8, 9, 10]
+    assert {step: rest.labels[step] for step in rest.labels} == {step: whole.labels[step] for step in rest.labels}
+    assert first.labels == {step: whole.labels[step] for step in first.labels}

@@ -317,18 +317,36 @@ class SceneTextDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        """Training batches in an order fixed by ``(seed, epoch)`` (:class:`RatioSampler`, also for one source), so
+        that a run resumed from a mid-epoch checkpoint sees the batches the interrupted run would have seen next."""
         dataset = self.train_dataset
         streams = [s.kind == 'synthetic' for s in self.train_sources]
-        if len(self.train_sources) > 1 or self.samples_per_epoch or any(streams):
-            sampler = RatioSampler(
-                self._train_sizes,
-                [s.weight for s in self.train_sources],
-                num_samples=self.samples_per_epoch,
-                seed=self.seed,
-                streams=streams,
-            )
-            return self._loader(dataset, sampler=sampler)
-        return self._loader(dataset, shuffle=True)
+        sampler = RatioSampler(
+            self._train_sizes,
+            [s.weight for s in self.train_sources],
+            num_samples=self.samples_per_epoch,
+            seed=self.seed,
+            streams=streams,
+        )
+        self._continue_interrupted_epoch(sampler)
+        return self._loader(dataset, sampler=sampler)
+
+    def _continue_interrupted_epoch(self, sampler: RatioSampler) -> None:
+        """When Lightning resumes a checkpoint written in the middle of an epoch (the loops are restored before the
+        dataloaders are requested), the epoch's first ``completed`` batches were trained on already: start the
+        epoch's order after them instead of replaying it from its first batch. One process only: under DDP each rank
+        reads a shard of the order, and the epoch restarts from its beginning (Lightning warns)."""
+        trainer = getattr(self, 'trainer', None)
+        if trainer is None or trainer.world_size > 1:
+            return
+        # Processed, not completed: a checkpoint written in on_train_batch_end counts its last batch as processed
+        # only (Lightning completes it when the loop restarts, after this call).
+        completed = trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        batches = -(-len(sampler) // self.batch_size)
+        sampler.set_epoch(trainer.current_epoch)
+        if 0 < completed < batches:
+            sampler.skip = completed * self.batch_size
+            log.info('resuming epoch %d after its first %d batches', trainer.current_epoch, completed)
 
     def val_dataloader(self) -> DataLoader:
         # Under DDP each rank reads its own shard, unpadded, so the synchronised metrics count every sample once.

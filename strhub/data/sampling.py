@@ -14,7 +14,8 @@ class RatioSampler(Sampler[int]):
     Source ``s`` (of ``sizes[s]`` samples, at offset ``sum(sizes[:s])``) supplies ``weights[s] / sum(weights)``
     of the ``num_samples`` draws of an epoch, each source without replacement while it lasts (then reshuffled),
     so a small real set mixed 50:50 with a huge synthetic one is repeated and the synthetic one sub-sampled.
-    Call :meth:`set_epoch` for a new order each epoch (Lightning does, and wraps it for DDP).
+    Call :meth:`set_epoch` for a new order each epoch (Lightning does, and wraps it for DDP); the order depends only
+    on ``(seed, epoch)``. ``skip`` leaves out the first indices of the next epoch's order, once (resuming mid-epoch).
 
     Sources flagged in ``streams`` (on-the-fly synthetic data, of a huge virtual size) are not shuffled: epoch ``e``
     takes their next ``count`` indices, ``e * count`` to ``(e + 1) * count - 1``, so no sample is ever repeated and
@@ -49,6 +50,8 @@ class RatioSampler(Sampler[int]):
         self.num_samples = num_samples if num_samples is not None else sum(sizes)
         self.seed = seed
         self.epoch = 0
+        # Indices of the next epoch's order to leave out, once (a run resumed in the middle of an epoch).
+        self.skip = 0
         counts = [int(self.num_samples * w) for w in self.weights]
         # Hand the rounding remainder to the largest-weight sources so the counts add up to num_samples.
         for s in sorted(range(len(counts)), key=lambda s: -self.weights[s])[: self.num_samples - sum(counts)]:
@@ -75,4 +78,6 @@ class RatioSampler(Sampler[int]):
                 picks.append(order + offset)
             offset += size
         merged = torch.cat(picks)
-        return iter(merged[torch.randperm(len(merged), generator=gen)].tolist())
+        order = merged[torch.randperm(len(merged), generator=gen)].tolist()
+        skip, self.skip = self.skip, 0
+        return iter(order[skip:])
