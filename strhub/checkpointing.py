@@ -102,10 +102,13 @@ class LastCheckpoint(pl.Callback):
         self._saved_step, self._saved_at = trainer.global_step, time.monotonic()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        step = trainer.global_step
-        due_steps = self.every_n_steps > 0 and step % self.every_n_steps == 0
-        due_time = self.every_seconds > 0 and time.monotonic() - self._saved_at >= self.every_seconds
-        if due_steps or due_time:
+        due = self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0
+        if not due and self.every_seconds > 0:
+            due = time.monotonic() - self._saved_at >= self.every_seconds
+            if trainer.world_size > 1:
+                # Saving is collective (a barrier): every rank must agree, and their clocks do not.
+                due = bool(trainer.strategy.broadcast(due, src=0))
+        if due:
             self._save(trainer)
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -45,10 +45,11 @@ class ProgressLog(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs: Any, batch: Any, batch_idx: int) -> None:
         self._window_samples += len(batch[1]) if isinstance(batch, list | tuple) and len(batch) > 1 else 0
         step = trainer.global_step
-        if step % self.every_n_steps or trainer.sanity_checking:
+        if step % self.every_n_steps or trainer.sanity_checking or not trainer.is_global_zero:
             return
         now = time.monotonic()
-        rate = self._window_samples / max(now - self._window_start, 1e-9)
+        # Every rank trains on as many samples as this one: the rate of the whole run.
+        rate = self._window_samples * trainer.world_size / max(now - self._window_start, 1e-9)
         self._window_start, self._window_samples = now, 0
         elapsed = now - self._start
         loss = outputs.get('loss') if isinstance(outputs, dict) else outputs
@@ -78,7 +79,7 @@ class ProgressLog(pl.Callback):
         return _duration(max(min(estimates), 0.0)) if estimates else 'unknown'
 
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or not trainer.is_global_zero:
             return
         figures = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith('val_') and v.numel() == 1}
         if figures:

@@ -98,9 +98,8 @@ def build_trainer(
     monitors = [LearningRateMonitor(logging_interval='step')] if logger else []
     callbacks = [best, last, *monitors, *callbacks]
     progress = cfg.get('progress') or {}
-    if progress.get('log_lines', 'auto') is True or (
-        progress.get('log_lines', 'auto') == 'auto' and not stdout_is_terminal()
-    ):
+    log_lines = progress.get('log_lines', 'auto')
+    if log_lines is True or (log_lines == 'auto' and not stdout_is_terminal()):
         callbacks.append(ProgressLog(progress.get('every_n_steps', 50)))
     plugins = trainer_cfg.pop('plugins', None) or []
     plugins = [*(plugins if isinstance(plugins, list) else [plugins]), AtomicCheckpointIO()]
