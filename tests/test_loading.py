@@ -125,3 +125,21 @@ def test_runtime_options():
     assert system.model.refine_iters == 2 and system.model.decode_ar is False
     with pytest.raises(AttributeError, match="no runtime option 'bogus'; valid: .*refine_iters"):
         set_runtime_options(system, {'bogus': 1})
+
+
+def test_checkpoints_name_their_system_by_a_stable_name_and_old_ones_still_load(word_data, tmp_path):
+    from tests.test_user_paths import train_tiny
+
+    ckpt = train_tiny(word_data, tmp_path / 'run')
+    data = torch.load(ckpt, map_location='cpu', weights_only=True)
+    assert data['strhub_system'] == 'parseq'
+    expected = load(ckpt).model.state_dict()
+    # As written before systems had registered names: the class's import path.
+    data['strhub_system'] = 'strhub.models.parseq.system.PARSeqSystem'
+    old = tmp_path / 'old.ckpt'
+    torch.save(data, old)
+    loaded = load(old)
+    assert type(loaded).__name__ == 'PARSeqSystem'
+    assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in expected.items())
+    assert sorted(registry.system_class(n).__name__ for n in ('crnn', 'trba', 'trbc', 'mgpstr', 'gotocr2')) == [
+        'CRNNSystem', 'GotOcr2System', 'MGPSTRSystem', 'TRBASystem', 'TRBCSystem']  # fmt: skip

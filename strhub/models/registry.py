@@ -2,8 +2,8 @@
 
 Model names are the configs under ``configs/model`` and ``configs/experiment`` that define a ``model.name``;
 pretrained names are the published weight files listed in :data:`PRETRAINED`. System classes register themselves
-with :func:`register_system`; a checkpoint names its system class, and only registered classes are ever built
-from a checkpoint, so a file cannot make us import arbitrary code.
+with :func:`register_system` under a stable name; a checkpoint stores that name, and only registered classes are
+ever built from a checkpoint, so a file cannot make us import arbitrary code.
 """
 
 from __future__ import annotations
@@ -20,14 +20,28 @@ StateDict = dict[str, torch.Tensor]
 Importer = Callable[[StateDict], StateDict]
 
 _SYSTEMS: dict[str, type] = {}
+# Checkpoints written before systems had stable names store the class's import path; they still load.
+_IMPORT_PATHS: dict[str, str] = {}
 _IMPORTERS: dict[str, Importer] = {}
 
 MODELS_PACKAGE = 'strhub.models'
 
 
+def system_name(cls: type) -> str:
+    """A system class's stable registered name, stored in checkpoints: its ``registered_name`` attribute, else the
+    class name lower-cased without the ``System`` suffix (``PARSeqSystem`` -> ``parseq``). Moving or renaming the
+    module does not change it, so checkpoints keep loading."""
+    return getattr(cls, 'registered_name', None) or cls.__name__.removesuffix('System').lower()
+
+
 def register_system(cls: type) -> type:
-    """Class decorator: makes a system class loadable from checkpoints by its import path."""
-    _SYSTEMS[f'{cls.__module__}.{cls.__qualname__}'] = cls
+    """Class decorator: makes a system class loadable from checkpoints by its registered name (:func:`system_name`),
+    and by the import path that older checkpoints stored."""
+    name = system_name(cls)
+    if name in _SYSTEMS and _SYSTEMS[name] is not cls:
+        raise ValueError(f'two system classes register the name {name!r}: {_SYSTEMS[name]} and {cls}')
+    _SYSTEMS[name] = cls
+    _IMPORT_PATHS[f'{cls.__module__}.{cls.__qualname__}'] = name
     return cls
 
 
@@ -57,12 +71,14 @@ def _import_model_packages() -> None:
         importlib.import_module(f'{package}.system')
 
 
-def system_class(path: str) -> type:
-    """The registered system class for an import path (as stored in checkpoints)."""
+def system_class(name: str) -> type:
+    """The registered system class for a name stored in a checkpoint: a registered name (``parseq``) or, in
+    checkpoints written before those existed, the class's import path."""
     _import_model_packages()
-    if path not in _SYSTEMS:
-        raise KeyError(f'{path!r} is not a registered strhub system; known: {sorted(_SYSTEMS)}')
-    return _SYSTEMS[path]
+    name = _IMPORT_PATHS.get(name, name)
+    if name not in _SYSTEMS:
+        raise KeyError(f'{name!r} is not a registered strhub system; known: {sorted(_SYSTEMS)}')
+    return _SYSTEMS[name]
 
 
 def importer(layout: str) -> Importer:

@@ -152,14 +152,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         from strhub.config import model_config
         from strhub.models.base import SYSTEM_KEY
         from strhub.models.loading import build_system
+        from strhub.models.registry import system_name
 
         system = build_system(model_config(args.config, args.set))
         system.load_state_dict(converted, strict=True)
-        system_path = f'{type(system).__module__}.{type(system).__qualname__}'
         checkpoint = {
             'state_dict': system.state_dict(),
             'hyper_parameters': dict(system.hparams),
-            SYSTEM_KEY: system_path,
+            SYSTEM_KEY: system_name(type(system)),
         }
         torch.save(checkpoint, args.output)
     log.info('%s layout, %d tensors -> %s', layout, len(state), args.output)
