@@ -43,13 +43,11 @@ def main(argv=None) -> int:
     system = load(checkpoint_spec(args.checkpoint), device=resolve_device(args.device), **options)
     system = with_options(system, args.options, copy_system=False)
     if args.box or args.color or args.format or args.crops > 1:
-        from strhub.models.gotocr2.reading import read_image
-
         failures = []
         for path in args.images:
             try:
                 with open_image(path) as img:
-                    text, confidence = read_image(system, img, args.box, args.color, args.format, args.crops)
+                    text, confidence = system.read_prompted(img, args.box, args.color, args.format, args.crops)
             except ValueError as e:
                 failures.append((path, str(e)))
                 continue

@@ -119,7 +119,7 @@ def main(argv=None) -> int:
         charset_train=system.charset_train,
         charset_test=normalizer.charset,
         max_label_length=system.max_label_length,
-        preprocess={'img_size': list(hp.img_size), **(hp.preprocess or {})},
+        preprocess=system.preprocessing,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
     )

@@ -10,6 +10,8 @@ import torch
 from torch import nn
 from torch.utils import benchmark as tbench
 
+from strhub.tables import render_table
+
 log = logging.getLogger(__name__)
 
 
@@ -106,7 +108,6 @@ def compute_table(
 
 def markdown_table(rows: list[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
     """``columns``: (title, key, format spec)."""
-    header = '| ' + ' | '.join(title for title, _, _ in columns) + ' |'
-    rule = '|' + '|'.join('---:' if i else ':---' for i in range(len(columns))) + '|'
-    body = ['| ' + ' | '.join(format(row[key], spec) for _, key, spec in columns) + ' |' for row in rows]
-    return '\n'.join([header, rule, *body])
+    return render_table(
+        [title for title, _, _ in columns], [[format(row[key], spec) for _, key, spec in columns] for row in rows]
+    )

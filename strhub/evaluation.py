@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import bisect
 import csv
-import io
 import json
 import logging
 from collections.abc import Mapping
@@ -24,6 +23,7 @@ from strhub.data.lmdb_dataset import FAULT_REASONS, LmdbDataset, find_lmdb_dirs
 from strhub.data.lmdb_writer import label_key
 from strhub.metrics import COMBINED, RecognitionMetrics, RecognitionResult, TextNormalizer
 from strhub.models.base import BaseSystem
+from strhub.tables import render_table
 
 log = logging.getLogger(__name__)
 
@@ -232,23 +232,11 @@ def evaluate(
 
 def format_head_table(heads: Mapping[str, Mapping[str, RecognitionResult]], fmt: str = 'markdown') -> str:
     """Word accuracy (%) of every prediction head (columns) per dataset (rows, ``Combined`` last)."""
-    if fmt not in ('markdown', 'csv'):
-        raise ValueError(f"unknown table format {fmt!r}; use 'markdown' or 'csv'")
     names = list(heads)
     datasets = [d for d in next(iter(heads.values())) if d != COMBINED] + [COMBINED]
     header = ['Dataset'] + [f'{name} accuracy' for name in names]
     body = [[d] + [f'{heads[name][d]["accuracy"]:.2f}' for name in names] for d in datasets]
-    if fmt == 'csv':
-        out = io.StringIO()
-        csv.writer(out, lineterminator='\n').writerows([header, *body])
-        return out.getvalue().rstrip('\n')
-    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
-    rule = [':' + '-' * (widths[0] - 1)] + ['-' * (width - 1) + ':' for width in widths[1:]]
-    lines = [header, rule, *body]
-    return '\n'.join(
-        '| ' + ' | '.join([line[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(line[1:], widths[1:])]) + ' |'
-        for line in lines
-    )
+    return render_table(header, body, fmt)
 
 
 def write_errors(errors: list[Prediction], path: str | Path) -> None:

@@ -28,7 +28,6 @@ from strhub.data.preprocess import NORMALIZATIONS, Preprocess
 from strhub.data.tokenizer import CTCTokenizer
 from strhub.models.base import BaseSystem
 from strhub.models.loading import set_runtime_options
-from strhub.reading import preprocess_for
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +117,7 @@ def export_metadata(system: BaseSystem, num_classes: int) -> dict[str, str]:
     Args:
         num_classes: size of the logits' last dimension; class id ``i`` is token ``tokens[i]``.
     """
-    preprocess = preprocess_for(system)
+    preprocess = system.preprocessing
     if preprocess.rotation:
         raise ExportError(f'{model_name(system)}: the preprocessing preset rotates images; export without rotation')
     mean, std = _mean_std(preprocess)
@@ -158,7 +157,7 @@ def export_metadata(system: BaseSystem, num_classes: int) -> dict[str, str]:
 
 
 def _example_images(system: BaseSystem, batch_size: int, seed: int = 0) -> Tensor:
-    preprocess = preprocess_for(system)
+    preprocess = system.preprocessing
     gen = torch.Generator().manual_seed(seed)
     return torch.rand(batch_size, preprocess.channels, *preprocess.img_size, generator=gen) * 2 - 1
 

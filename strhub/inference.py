@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from strhub.tables import render_table
+
 log = logging.getLogger(__name__)
 
 PRECISIONS = {'bf16': torch.bfloat16, 'fp16': torch.float16}
@@ -176,8 +178,6 @@ def accuracy_change_table(results: Mapping[str, Mapping[str, Mapping[str, float]
     options = list(results)
     baseline = results[options[0]]
     datasets = list(baseline)
-    header = '| Option | ' + ' | '.join(datasets) + ' |'
-    rule = '|:---|' + '|'.join('---:' for _ in datasets) + '|'
     rows = []
     for option in options:
         cells = []
@@ -185,5 +185,5 @@ def accuracy_change_table(results: Mapping[str, Mapping[str, Mapping[str, float]
             accuracy = results[option][dataset]['accuracy']
             delta = accuracy - baseline[dataset]['accuracy']
             cells.append(f'{accuracy:.2f}' if option == options[0] else f'{accuracy:.2f} ({delta:+.2f})')
-        rows.append(f'| {option} | ' + ' | '.join(cells) + ' |')
-    return '\n'.join([header, rule, *rows])
+        rows.append([option, *cells])
+    return render_table(['Option', *datasets], rows)

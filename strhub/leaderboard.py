@@ -4,8 +4,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 from collections.abc import Sequence
@@ -13,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from strhub.metrics import COMBINED
+from strhub.tables import render_table
 
 log = logging.getLogger(__name__)
 
@@ -115,16 +114,11 @@ def table_rows(entries: Sequence[Entry]) -> tuple[list[str], list[list[str]]]:
 
 
 def markdown(entries: Sequence[Entry]) -> str:
-    header, rows = table_rows(entries)
-    rule = ['---'] + ['---:'] * (len(header) - 1)
-    return '\n'.join('| ' + ' | '.join(line) + ' |' for line in [header, rule, *rows])
+    return render_table(*table_rows(entries))
 
 
 def csv_text(entries: Sequence[Entry]) -> str:
-    header, rows = table_rows(entries)
-    out = io.StringIO()
-    csv.writer(out, lineterminator='\n').writerows([header, *rows])
-    return out.getvalue()
+    return render_table(*table_rows(entries), fmt='csv') + '\n'
 
 
 def plot(entries: Sequence[Entry], path: str | Path) -> Path:

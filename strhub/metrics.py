@@ -6,8 +6,6 @@ The states are sums with ``dist_reduce_fx='sum'``, so under DDP every rank accum
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import string
 import unicodedata
@@ -21,6 +19,7 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 
 from strhub.data.charsets import STANDARD_CHARSETS
+from strhub.tables import render_table
 
 COMBINED = 'Combined'
 
@@ -309,8 +308,6 @@ def format_table(results: Mapping[str, Mapping[str, float]], fmt: str = 'markdow
             derived from the others when absent.
         fmt: ``markdown`` or ``csv``.
     """
-    if fmt not in ('markdown', 'csv'):
-        raise ValueError(f"unknown table format {fmt!r}; use 'markdown' or 'csv'")
     rows = {name: row for name, row in results.items() if name != COMBINED}
     rows[COMBINED] = results.get(COMBINED) or combine_results(rows)
     header = ['Dataset'] + [title for title, _ in _TABLE_COLUMNS]
@@ -318,18 +315,4 @@ def format_table(results: Mapping[str, Mapping[str, float]], fmt: str = 'markdow
         [name] + [str(int(row[key])) if key == 'num_samples' else f'{row[key]:.2f}' for _, key in _TABLE_COLUMNS]
         for name, row in rows.items()
     ]
-    if fmt == 'csv':
-        out = io.StringIO()
-        csv.writer(out, lineterminator='\n').writerows([header, *body])
-        return out.getvalue().rstrip('\n')
-    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
-    # Dataset names left-aligned, numbers right-aligned so that their decimal points line up.
-    rule = [':' + '-' * (widths[0] - 1)] + ['-' * (width - 1) + ':' for width in widths[1:]]
-    return '\n'.join(_markdown_line(line, widths) for line in [header, rule, *body])
-
-
-def _markdown_line(cells: Sequence[str], widths: Sequence[int]) -> str:
-    padded = [cells[0].ljust(widths[0])] + [
-        cell.rjust(width) for cell, width in zip(cells[1:], widths[1:], strict=True)
-    ]
-    return '| ' + ' | '.join(padded) + ' |'
+    return render_table(header, body, fmt)

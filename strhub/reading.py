@@ -9,14 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from strhub.data.preprocess import Preprocess
 from strhub.models.base import BaseSystem
-
-
-def preprocess_for(system: BaseSystem) -> Preprocess:
-    """The preprocessing preset a system was trained with."""
-    hp = system.hparams
-    return Preprocess(img_size=list(hp.img_size), **dict(hp.preprocess or {}))
 
 
 @torch.inference_mode()
@@ -28,7 +21,7 @@ def read_images(
 ) -> Iterator[tuple[str, str, float]]:
     """Yields ``(path, text, confidence)`` for each image, in batches. With ``failures`` given, an unreadable file
     is appended to it as ``(path, reason)`` and the others are still read; without, it raises a ValueError."""
-    preprocess = preprocess_for(system)
+    preprocess = system.preprocessing
     for start in range(0, len(paths), batch_size):
         images, readable = [], []
         for path in (str(p) for p in paths[start : start + batch_size]):
@@ -85,7 +78,7 @@ def save_attention_maps(
             f'{type(system).__name__} has no attention maps to save; --attention works with models that read '
             'through spatial attention slots (MGP-STR)'
         )
-    preprocess = preprocess_for(system)
+    preprocess = system.preprocessing
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []

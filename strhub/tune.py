@@ -39,6 +39,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from strhub.models.loading import build_system
+from strhub.tables import render_table
 from strhub.training import build_datamodule, train
 
 log = logging.getLogger(__name__)
@@ -485,12 +486,9 @@ def write_tables(rows: Sequence[TrialRow], keys: Sequence[str], sweep_dir: Path,
         writer = csv.writer(f, lineterminator='\n')
         writer.writerow(header)
         writer.writerows([['' if c is None else c for c in cells(row)] for row in rows])
-    md_header = header[:-1]  # the paths are in the CSV
-    lines = [summary, '', '| ' + ' | '.join(md_header) + ' |', '|' + '---|' * len(md_header)]
-    for row in rows:
-        md_cells = [_format(c).replace('|', '\\|') for c in cells(row)[:-1]]
-        lines.append('| ' + ' | '.join(md_cells) + ' |')
-    (sweep_dir / 'trials.md').write_text('\n'.join(lines) + '\n', encoding='utf-8')
+    # The paths are in the CSV only.
+    table = render_table(header[:-1], [[_format(c) for c in cells(row)[:-1]] for row in rows])
+    (sweep_dir / 'trials.md').write_text(f'{summary}\n\n{table}\n', encoding='utf-8')
 
 
 def _log_scaled(search_space: Any, prefix: str = '') -> set[str]:

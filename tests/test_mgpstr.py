@@ -20,13 +20,18 @@ from PIL import Image
 
 from strhub.config import compose_config, model_config
 from strhub.data.augment import build_augmentation
-from strhub.data.subword import CharSlotTokenizer, SubwordTokenizer, SubwordVocabSpec, build_subword_tokenizer
 from strhub.models import registry
 from strhub.models.loading import build_system, count_parameters, load, load_pretrained_weights
 from strhub.models.mgpstr import HEADS, MGPSTR
 from strhub.models.mgpstr.convert import convert_checkpoint, save_checkpoint
 from strhub.models.mgpstr.layouts import HF_LAYOUT, ORIGINAL_LAYOUT, detect_layout
 from strhub.models.mgpstr.system import MGPSTRSystem, fuse_predictions
+from strhub.models.mgpstr.tokenizer import (
+    CharSlotTokenizer,
+    SubwordTokenizer,
+    SubwordVocabSpec,
+    build_subword_tokenizer,
+)
 from tests.conftest import REPO_ROOT, training_losses
 
 CHARSET = string.digits + string.ascii_lowercase

@@ -116,7 +116,7 @@ def test_leaderboard_joins_results_and_bench_files(report, tmp_path):
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = proc.stdout.splitlines()
+    lines = [re.sub(' +', ' ', line) for line in proc.stdout.splitlines()]  # padded to the columns
     assert lines[0].startswith('| Model | Params (M) | GFLOPs | Latency b1 (ms) | Images/s (b64) | Device |')
     assert lines[2].startswith('| parseq-other | 23.800 | 0.500 | 9.00 |')  # best Combined accuracy first
     assert lines[3].startswith(f'| {results["model"]} | 0.030 |') and lines[4].startswith('plot: ')

@@ -114,7 +114,7 @@ class SceneTextDataModule(pl.LightningDataModule):
         test_roots: candidate directories (relative to ``root_dir``) that hold the benchmark sets.
         charset_train / charset_test: charset specs (see :func:`resolve_charset`); training labels are filtered
             with the train charset, validation / test labels with the test charset.
-        preprocess: :class:`Preprocess` fields (img_size, resize, normalization ...).
+        preprocess: a :class:`Preprocess` (a system's ``preprocessing``) or its fields (img_size, resize ...).
         augment: augmentation config for training (see :mod:`strhub.data.augment`), or a bool: true for the default
             augmentation; None, false or disabled = off.
         samples_per_epoch: draws per training epoch when mixing sources (default: their total size).
@@ -136,8 +136,8 @@ class SceneTextDataModule(pl.LightningDataModule):
         charset_train: str = '94_full',
         charset_test: str = '36_lowercase',
         max_label_length: int = 25,
-        preprocess: Mapping[str, Any] | None = None,
-        augment: Mapping[str, Any] | None = None,
+        preprocess: Preprocess | Mapping[str, Any] | None = None,
+        augment: Mapping[str, Any] | bool | None = None,
         batch_size: int = 256,
         num_workers: int = 2,
         remove_whitespace: bool = True,
@@ -159,7 +159,7 @@ class SceneTextDataModule(pl.LightningDataModule):
         self.charset_train = resolve_charset(charset_train)
         self.charset_test = resolve_charset(charset_test)
         self.max_label_length = max_label_length
-        self.preprocess = Preprocess(**dict(preprocess or {}))
+        self.preprocess = preprocess if isinstance(preprocess, Preprocess) else Preprocess(**dict(preprocess or {}))
         # data.augment=true / false (the reference implementation's form) switches the default augmentation.
         if isinstance(augment, bool):
             augment = {'enabled': augment}

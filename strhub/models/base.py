@@ -23,12 +23,15 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import StochasticWeightAveraging
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
+from PIL import Image
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from strhub.data.charsets import resolve_charset
+from strhub.data.preprocess import Preprocess
 from strhub.data.tokenizer import CharTokenizer, CTCTokenizer, Tokenizer
 from strhub.metrics import RecognitionMetrics, TextNormalizer
+from strhub.models import registry
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +183,28 @@ class BaseSystem(pl.LightningModule):
         """(N, C, H, W) images -> (N, L, num_classes) logits."""
         return self.model(images, max_length)
 
+    @property
+    def preprocessing(self) -> Preprocess:
+        """The preprocessing this system was trained with (image size, resize mode, normalisation): what the data
+        module, the scripts, export and the runtime reader apply to its input images."""
+        return Preprocess(img_size=list(self.hparams.img_size), **dict(self.hparams.preprocess or {}))
+
+    def read_prompted(
+        self,
+        image: Image.Image,
+        box: Sequence[float] | None = None,
+        color: str | None = None,
+        formatted: bool = False,
+        crops: int = 1,
+    ) -> tuple[str, float]:
+        """``(text, confidence)`` of one image read with prompts: a pixel ``box`` or a ``color`` marking the region,
+        ``formatted`` output, tiling into up to ``crops`` crops. Only systems whose model takes prompts (GOT-OCR2)
+        override this."""
+        raise ValueError(
+            f'{type(self.model).__name__} takes no region, colour, format or crop prompts (--box, --color, --format, '
+            '--crops are GOT-OCR2 options); read without them'
+        )
+
     @torch.inference_mode()
     def predict(self, images: Tensor) -> tuple[list[str], list[Tensor]]:
         """Images -> decoded strings and per-token probabilities (see :meth:`Tokenizer.decode`)."""
@@ -298,7 +323,7 @@ class BaseSystem(pl.LightningModule):
         return dict(state)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[SYSTEM_KEY] = f'{type(self).__module__}.{type(self).__qualname__}'
+        checkpoint[SYSTEM_KEY] = registry.system_name(type(self))
 
     def configure_callbacks(self):
         if not self.hparams.swa:

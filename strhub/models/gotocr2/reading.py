@@ -1,5 +1,6 @@
 """Reading one image with GOT-OCR2's other prompts: a box- or colour-guided region, formatted output, and
-multi-crop tiling (tiles plus a thumbnail). ``./read.py --box/--color/--format/--crops`` call :func:`read_image`."""
+multi-crop tiling (tiles plus a thumbnail). ``./read.py --box/--color/--format/--crops`` call it through
+:meth:`GotOcr2System.read_prompted`."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from torch import Tensor
 from strhub.data.preprocess import convert_mode
 from strhub.models.gotocr2.prompts import build_prompt, crop_tiles, normalize_box, plan_tiling
 from strhub.models.gotocr2.system import GotOcr2System
-from strhub.reading import preprocess_for
 
 
 def prepare_inputs(
@@ -33,7 +33,7 @@ def prepare_inputs(
     """
     if not isinstance(system, GotOcr2System):
         raise TypeError(f'{type(system).__name__} is not a GOT-OCR2 system; region and crop prompts need one')
-    preprocess = preprocess_for(system)
+    preprocess = system.preprocessing
     image = convert_mode(image, 'RGB')
     region = normalize_box(box, image.size) if box is not None else None
     if max_crops > 1:

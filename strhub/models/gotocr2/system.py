@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 
 from strhub.models.base import BaseSystem, check_kwargs
@@ -102,3 +103,16 @@ class GotOcr2System(BaseSystem):
 
     def training_loss(self, images: Tensor, labels: list[str]) -> Tensor:
         return self.forward_logits_loss(images, labels)[1]
+
+    def read_prompted(
+        self,
+        image: Image.Image,
+        box: Sequence[float] | None = None,
+        color: str | None = None,
+        formatted: bool = False,
+        crops: int = 1,
+    ) -> tuple[str, float]:
+        """GOT-OCR2's region, colour, format and multi-crop prompts (see :mod:`strhub.models.gotocr2.reading`)."""
+        from strhub.models.gotocr2.reading import read_image  # it imports this module
+
+        return read_image(self, image, box, color, formatted, crops)

@@ -7,8 +7,8 @@ so the shared machinery (benchmarks, exports) sees a plain ``images -> logits`` 
 fused strings and :meth:`predict_heads` every head's.
 
 The sub-word vocabularies are described by ``model.bpe`` and ``model.wordpiece`` (see
-:class:`strhub.data.subword.SubwordVocabSpec`): the published GPT-2 / BERT files, or vocabularies learnt from the
-training labels when training starts. They are built on first use, so a model can be built (and benchmarked)
+:class:`strhub.models.mgpstr.tokenizer.SubwordVocabSpec`): the published GPT-2 / BERT files, or vocabularies learnt
+from the training labels when training starts. They are built on first use, so a model can be built (and benchmarked)
 without the files, and every checkpoint carries them, so a checkpoint loads without them.
 """
 
@@ -22,16 +22,16 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
-from strhub.data.subword import (
+from strhub.models.base import BaseSystem, check_kwargs
+from strhub.models.mgpstr import layouts  # importing it registers the published checkpoint layouts
+from strhub.models.mgpstr.model import HEADS, MGPSTR, MGPSTROutput
+from strhub.models.mgpstr.tokenizer import (
     CharSlotTokenizer,
     SlotLayout,
     SubwordTokenizer,
     SubwordVocabSpec,
     build_subword_tokenizer,
 )
-from strhub.models.base import BaseSystem, check_kwargs
-from strhub.models.mgpstr import layouts  # importing it registers the published checkpoint layouts
-from strhub.models.mgpstr.model import HEADS, MGPSTR, MGPSTROutput
 from strhub.models.registry import register_system
 
 FUSED = 'fused'

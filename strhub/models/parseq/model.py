@@ -24,6 +24,7 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
+from strhub.models.decoding import EarlyStopping, all_ended, cut_after_latest_first_eos
 from strhub.models.modules import check_images
 
 # Per decoder layer, the (keys, values) of a sequence, each (N, num_heads, S, head_dim).
@@ -298,7 +299,7 @@ def _allowed_keys(blocked: Tensor | None, padding: Tensor | None) -> Tensor | No
     return None if blocked is None else ~blocked
 
 
-class PARSeq(nn.Module):
+class PARSeq(EarlyStopping, nn.Module):
     """The PARSeq network.
 
     Args:
@@ -313,12 +314,6 @@ class PARSeq(nn.Module):
         bos_id, eos_id, pad_id: special token ids; by default the :class:`CharTokenizer` layout
             (EOS = 0, BOS = num_tokens - 2, padding = num_tokens - 1).
     """
-
-    # Steps between checks that every sequence has ended (early stop when decoding without max_length). On an
-    # accelerator the check is a host sync, so it runs every few steps (wasting at most that many steps); on the CPU it
-    # is free and runs every step. None picks by device; the output is the same either way.
-    eos_check_interval: int | None = None
-    accelerator_eos_check_interval = 4
 
     def __init__(
         self,
@@ -490,9 +485,7 @@ class PARSeq(nn.Module):
 
     def _decode_ar_cached(self, memory: Tensor, memory_kv: LayerKeyValues, num_steps: int, stop_early: bool) -> Tensor:
         """Left-to-right greedy decoding that computes one new position per step (see :meth:`Decoder.forward_step`)."""
-        check_every = self.eos_check_interval or (
-            1 if memory.device.type == 'cpu' else self.accelerator_eos_check_interval
-        )
+        check_every = self.eos_check_every(memory.device)
         if len(self.decoder.layers) == 1 and not self.training and self._float_linears():
             return self._decode_ar_one_layer(memory_kv[0], num_steps, stop_early, check_every)
         n = memory.shape[0]
@@ -516,8 +509,8 @@ class PARSeq(nn.Module):
                 token = logits[:, i : i + 1].argmax(-1)
                 if stop_early:
                     ended |= token[:, 0] == self.eos_id
-                    if (i + 1) % check_every == 0 and ended.all():
-                        return self._cut_after_last_eos(logits[:, : i + 1])
+                    if all_ended(ended, i, check_every):
+                        return cut_after_latest_first_eos(logits[:, : i + 1], self.eos_id)
         return logits
 
     def _float_linears(self) -> bool:
@@ -578,16 +571,9 @@ class PARSeq(nn.Module):
                 token = logits[-1].argmax(-1)
                 if stop_early:
                     ended |= token == self.eos_id
-                    if end % check_every == 0 and ended.all():
-                        return self._cut_after_last_eos(torch.stack(logits, dim=1))
+                    if all_ended(ended, i, check_every):
+                        return cut_after_latest_first_eos(torch.stack(logits, dim=1), self.eos_id)
         return torch.stack(logits, dim=1)
-
-    def _cut_after_last_eos(self, logits: Tensor) -> Tensor:
-        """(N, L, C) logits in which every row has an EOS -> (N, L', C), L' = 1 + the latest first-EOS position:
-        the length at which the reference's per-step check would have stopped."""
-        is_eos = logits.argmax(-1) == self.eos_id
-        first_eos = is_eos.to(torch.uint8).argmax(1)
-        return logits[:, : int(first_eos.max()) + 1]
 
     def _refine(self, logits: Tensor, memory: Tensor | LayerKeyValues, num_steps: int) -> Tensor:
         """One cloze pass: every position sees all predicted characters but its own, up to the first EOS.

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from strhub.models.decoding import EarlyStopping, all_ended, cut_after_latest_first_eos
 from strhub.models.modules import BasicBlock, BidirectionalLSTM, downsample_projection, init_weights
 
 LOCALIZATION_CHANNELS = (64, 128, 256, 512)
@@ -318,11 +319,8 @@ class AttentionDecoder(nn.Module):
             token = logits[:, i].argmax(-1)
             if eos_check_interval is not None:
                 ended |= token == eos_id
-                # ended.all() is a host sync on an accelerator, hence only every few steps there (and after the last).
-                final_step = i + 1 == num_steps
-                if ((i + 1) % eos_check_interval == 0 or final_step) and ended.all():
-                    first_eos = (logits[:, : i + 1].argmax(-1) == eos_id).to(torch.uint8).argmax(1)
-                    return logits[:, : int(first_eos.max()) + 1]
+                if all_ended(ended, i, eos_check_interval, last=i + 1 == num_steps):
+                    return cut_after_latest_first_eos(logits[:, : i + 1], eos_id)
         return logits
 
 
@@ -374,7 +372,7 @@ class TPSResNetBiLSTM(nn.Module):
         init_weights(self, skip=[self.Transformation.LocalizationNetwork.localization_fc2])
 
 
-class TRBA(TPSResNetBiLSTM):
+class TRBA(EarlyStopping, TPSResNetBiLSTM):
     """TPS-ResNet-BiLSTM-Attention.
 
     Args:
@@ -385,12 +383,6 @@ class TRBA(TPSResNetBiLSTM):
         char_embed_dim: size of the decoder's character embedding.
         **kwargs: see :class:`TPSResNetBiLSTM`.
     """
-
-    # Steps between checks that every sequence has ended (early stop when decoding without max_length). On an
-    # accelerator the check is a host sync, so it runs every few steps; on the CPU it runs every step. None picks by
-    # device; the output is the same either way.
-    eos_check_interval: int | None = None
-    accelerator_eos_check_interval = 4
 
     def __init__(
         self,
@@ -428,11 +420,7 @@ class TRBA(TPSResNetBiLSTM):
         if max_length < 0:
             raise ValueError(f'max_length must be >= 0, got {max_length}')
         features = self.encode(images)
-        check_every = None
-        if stop_early:
-            check_every = self.eos_check_interval or (
-                1 if features.device.type == 'cpu' else self.accelerator_eos_check_interval
-            )
+        check_every = self.eos_check_every(features.device) if stop_early else None
         return self.Prediction.forward_greedy(features, max_length + 1, self.bos_id, self.eos_id, check_every)
 
     def forward_teacher_forced(self, images: Tensor, inputs: Tensor) -> Tensor:

@@ -26,6 +26,7 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
+from strhub.models.decoding import EarlyStopping
 from strhub.models.modules import check_images, init_weights
 from strhub.models.trocr.generation import Generation, generate
 
@@ -348,7 +349,7 @@ class TextDecoder(nn.Module):
         return x
 
 
-class TrOCR(nn.Module):
+class TrOCR(EarlyStopping, nn.Module):
     """The TrOCR network: image encoder, text decoder and output projection.
 
     Args:
@@ -366,11 +367,6 @@ class TrOCR(nn.Module):
         length_penalty: beam search ranks finished sequences by ``sum log p / length ** length_penalty``; a runtime
             option.
     """
-
-    # Steps between checks that every sequence has ended when decoding without max_length. On the CPU a check is
-    # free; on an accelerator each one waits for the device, so it is done less often.
-    eos_check_interval: int | None = None
-    accelerator_eos_check_interval: int = 4
 
     def __init__(
         self,
@@ -495,9 +491,6 @@ class TrOCR(nn.Module):
         if length < 0:
             raise ValueError(f'max_length must be >= 0, got {length}')
         return min(length, self.decoder.max_positions - 1) + 1
-
-    def eos_check_every(self, device: torch.device) -> int:
-        return self.eos_check_interval or (1 if device.type == 'cpu' else self.accelerator_eos_check_interval)
 
     def forward(self, images: Tensor, max_length: int | None = None) -> Tensor:
         """(N, 3, H, W) images -> (N, L, vocab) logits of the decoded tokens with the current ``beam_size``.
