@@ -155,7 +155,6 @@ def run_evaluation(
     pass serves them all)."""
     datasets = list(loaders)
     metrics = RecognitionMetrics(datasets, normalizer).to(system.device)
-    predict_heads = getattr(system, 'predict_heads', None)
     head_metrics: dict[str, RecognitionMetrics] = {}
     errors: list[Prediction] = []
     samples: list[Prediction] = []
@@ -175,10 +174,10 @@ def run_evaluation(
             if images is None:
                 continue
             images = images.to(system.device, non_blocking=True)
-            if predict_heads is None:
+            if system.final_head is None:
                 preds, probs = system.predict(images)
             else:
-                per_head = predict_heads(images)
+                per_head = system.predict_heads(images)
                 preds, probs = per_head[system.final_head]
                 for head, (head_preds, head_probs) in per_head.items():
                     if head not in head_metrics:

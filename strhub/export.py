@@ -57,7 +57,7 @@ def check_exportable(system: BaseSystem) -> None:
     ``export_unsupported_reason = '<why>'`` (on its system or its ``nn.Module``).
     """
     for obj in (system, system.model):
-        if not getattr(obj, 'exportable', True):
+        if not getattr(obj, 'exportable', True):  # declared on the system, or on a model class
             reason = getattr(obj, 'export_unsupported_reason', None) or 'no reason given'
             raise ExportError(f'{model_name(system)} ({type(obj).__name__}) does not support export: {reason}')
 

@@ -72,11 +72,10 @@ def save_attention_maps(
     The system must expose ``attention_maps(images) -> {head: (tokens per image, (N, slots, h, w) maps)}`` (MGP-STR's
     A³ modules); token ``j`` is read from slot ``j + 1``. Returns the files written.
     """
-    attention_maps = getattr(system, 'attention_maps', None)
-    if attention_maps is None:
+    if not system.offers_attention_maps:
         raise ValueError(
-            f'{type(system).__name__} has no attention maps to save; --attention works with models that read '
-            'through spatial attention slots (MGP-STR)'
+            f'{type(system).__name__} has no attention maps to save; --attention works with models that read through '
+            'spatial attention slots (MGP-STR)'
         )
     preprocess = system.preprocessing
     out_dir = Path(out_dir)
@@ -90,7 +89,7 @@ def save_attention_maps(
             with open_image(path) as img:
                 shown.append(np.asarray(preprocess.resize_image(img).convert('RGB')))
                 inputs.append(preprocess(img))
-        maps = attention_maps(torch.stack(inputs).to(system.device))
+        maps = system.attention_maps(torch.stack(inputs).to(system.device))
         for i, path in enumerate(chunk):
             count = stems.get(path.stem, 0)
             stems[path.stem] = count + 1

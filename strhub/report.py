@@ -221,8 +221,7 @@ def gallery_entries(
 def attention_entries(system, errors: Sequence[Prediction], preprocess: Preprocess, limit: int) -> list[dict]:
     """Attention-map figures (PNG data URIs) for the first ``limit`` wrong predictions, for systems that offer
     ``attention_maps`` (MGP-STR's A³ modules); empty for the others."""
-    attention_maps = getattr(system, 'attention_maps', None)
-    if attention_maps is None:
+    if not system.offers_attention_maps:
         return []
     import torch
 
@@ -235,7 +234,7 @@ def attention_entries(system, errors: Sequence[Prediction], preprocess: Preproce
             continue
         shown = np.asarray(convert_mode(preprocess.resize_image(img), 'RGB'))
         with torch.inference_mode():
-            maps = attention_maps(preprocess(img)[None].to(system.device))
+            maps = system.attention_maps(preprocess(img)[None].to(system.device))
         for head, (tokens, grids) in maps.items():
             figure = attention_figure(shown, tokens[0], grids[0], f'{sample.key}: {head}')
             entries.append({'key': sample.key, 'head': head, 'png': _data_uri(_png(figure))})

@@ -141,6 +141,14 @@ class BaseSystem(pl.LightningModule):
     """
 
     tokenizer_class: type[Tokenizer] = CharTokenizer
+    # What a system may offer beyond predict(), declared here with their defaults:
+    # several prediction heads (predict_heads() -> {head: prediction}; final_head names what predict() returns) ...
+    final_head: str | None = None
+    # ... attention maps over the image (attention_maps()) ...
+    offers_attention_maps: bool = False
+    # ... and export (export.py refuses with this reason when False).
+    exportable: bool = True
+    export_unsupported_reason: str = ''
     #: Whether some trainable parameters get no gradient in some training steps. DDP must then search for them
     #: after every backward pass (``find_unused_parameters``, slower), which the ``ddp`` trainer turns on only
     #: for systems that set this.
@@ -165,6 +173,12 @@ class BaseSystem(pl.LightningModule):
         self.save_hyperparameters()
         self.charset_train = resolve_charset(charset_train)
         self.charset_test = resolve_charset(charset_test)
+        # LightningModule's metaclass is not ABCMeta, so abstract methods are checked here, at construction.
+        missing = [
+            n for n in ('training_loss', 'forward_logits_loss') if getattr(type(self), n) is getattr(BaseSystem, n)
+        ]
+        if missing:
+            raise TypeError(f'{type(self).__name__} must implement {missing} (see BaseSystem)')
         self.tokenizer = self.tokenizer_class(self.charset_train)
         self.max_label_length = positive_number('model.max_label_length', max_label_length)
         self.batch_size = positive_number('model.batch_size', batch_size)
@@ -209,6 +223,18 @@ class BaseSystem(pl.LightningModule):
     def predict(self, images: Tensor) -> tuple[list[str], list[Tensor]]:
         """Images -> decoded strings and per-token probabilities (see :meth:`Tokenizer.decode`)."""
         return self.tokenizer.decode(self.forward(images).softmax(-1))
+
+    def predict_heads(self, images: Tensor) -> dict[str, tuple[list[str], list[Tensor]]]:
+        """Systems with several prediction heads (``final_head`` set): head -> :meth:`predict`-style output."""
+        raise NotImplementedError(f'{type(self).__name__} has one prediction head; use predict()')
+
+    def attention_maps(self, images: Tensor) -> dict[str, tuple[list[list[str]], Tensor]]:
+        """Systems that read through spatial attention slots (``offers_attention_maps``): head -> (tokens per image,
+        (N, slots, h, w) maps)."""
+        raise ValueError(
+            f'{type(self).__name__} has no attention maps; they come from models that read through spatial attention '
+            'slots (MGP-STR)'
+        )
 
     # -- losses -------------------------------------------------------------------------------------------------
 

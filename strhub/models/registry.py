@@ -71,6 +71,12 @@ def _import_model_packages() -> None:
         importlib.import_module(f'{package}.system')
 
 
+def registered_systems() -> dict[str, type]:
+    """Every registered system class by its registered name, from every model package (discovered)."""
+    _import_model_packages()
+    return dict(sorted(_SYSTEMS.items()))
+
+
 def system_class(name: str) -> type:
     """The registered system class for a name stored in a checkpoint: a registered name (``parseq``) or, in
     checkpoints written before those existed, the class's import path."""

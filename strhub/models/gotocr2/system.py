@@ -35,6 +35,12 @@ class GotOcr2System(BaseSystem):
         **kwargs: see :class:`BaseSystem`.
     """
 
+    exportable = False
+    export_unsupported_reason = (
+        'it reads through prompts and a 150k-token BPE vocabulary with a growing key/value cache; the ONNX reader '
+        'decodes character vocabularies only; use the PyTorch model'
+    )
+
     def __init__(
         self,
         arch: Mapping[str, Any],

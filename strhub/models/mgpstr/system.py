@@ -78,8 +78,15 @@ class MGPSTRSystem(BaseSystem):
         **kwargs: see :class:`BaseSystem`.
     """
 
+    exportable = False
+    export_unsupported_reason = (
+        "its prediction fuses three heads (characters, BPE, WordPiece) by confidence, which the ONNX reader's "
+        'single-vocabulary decoding cannot reproduce; use the PyTorch model'
+    )
+
     tokenizer_class = CharSlotTokenizer
     final_head = FUSED  # the entry of predict_heads() that predict() returns
+    offers_attention_maps = True
 
     def __init__(
         self,

@@ -39,6 +39,12 @@ class TrOCRSystem(CrossEntropySystem):
         **kwargs: see :class:`BaseSystem`.
     """
 
+    exportable = False
+    export_unsupported_reason = (
+        'generation drops sequences from the batch as they end (data-dependent shapes and in-place updates), which'
+        ' the tracing exporter cannot record; use the PyTorch model'
+    )
+
     tokenizer_class = TrOCRCharTokenizer
 
     def __init__(
