@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from strhub.checkpointing import AtomicCheckpointIO, LastCheckpoint, RunDirectoryLock, resolve_resume_path
 from strhub.data.module import SceneTextDataModule
+from strhub.data.preprocess import Preprocess
 from strhub.data.text import TextDataModule
 from strhub.models.base import BaseSystem
 from strhub.models.loading import build_system, count_parameters, load_pretrained_weights
@@ -33,12 +34,15 @@ def resolve_precision(precision: str | int | None, accelerator: str) -> str | in
     return 'bf16-mixed' if torch.cuda.is_bf16_supported() else '16-mixed'
 
 
-def build_datamodule(data_cfg: Mapping[str, Any]) -> pl.LightningDataModule:
+def build_datamodule(data_cfg: Mapping[str, Any], preprocess: Preprocess | None = None) -> pl.LightningDataModule:
     """The data module ``data.module`` names: ``images`` (LMDB images and labels, the default) or ``text`` (a word
-    list without images, for language-model pre-training)."""
+    list without images, for language-model pre-training). ``preprocess`` (a system's ``preprocessing``) is used
+    unless ``data.preprocess`` sets one."""
     cfg = dict(data_cfg)
     kind = cfg.pop('module', 'images')
     if kind == 'images':
+        if cfg.get('preprocess') is None:
+            cfg['preprocess'] = preprocess
         return SceneTextDataModule(**cfg)
     if kind == 'text':
         return TextDataModule.from_config(cfg)
@@ -154,7 +158,7 @@ def train(cfg: DictConfig, run_dir: str | Path, callbacks: Sequence[pl.Callback]
             for part in system.model.children():
                 part.compile()
             log.info('compiled %s', ', '.join(name for name, _ in system.model.named_children()))
-        datamodule = build_datamodule(OmegaConf.to_container(cfg.data, resolve=True))
+        datamodule = build_datamodule(OmegaConf.to_container(cfg.data, resolve=True), system.preprocessing)
         trainer = build_trainer(cfg, run_dir, callbacks, system=system)
         trainer.fit(system, datamodule=datamodule, ckpt_path=resume)
         # last.ckpt is otherwise written on its schedule; make it hold the final step too.

@@ -46,8 +46,8 @@ def trained(word_data, tmp_path_factory):
                 'trainer.num_sanity_val_steps=0',
                 'logger=none',
             ]
-            system, _ = train(compose_config(overrides), run)
-            done[name] = system.eval(), run / 'checkpoints' / 'last.ckpt'
+            system, trainer = train(compose_config(overrides), run)
+            done[name] = system.eval(), run / 'checkpoints' / 'last.ckpt', trainer.datamodule.preprocess
         return done[name]
 
     return get
@@ -61,8 +61,11 @@ def test_every_model_package_registers_a_system():
 
 @pytest.mark.parametrize('name', NAMES)
 def test_model_contract(name, trained, tmp_path):
-    system, ckpt = trained(name)
+    system, ckpt, data_preprocess = trained(name)
     assert registry.system_name(type(system)) == name
+    # One source of preprocessing: training read the images exactly as the system says it reads them.
+    fields = ('img_size', 'resize', 'normalization', 'channels', 'pad_value', 'interpolation', 'rotation')
+    assert all(getattr(data_preprocess, f) == getattr(system.preprocessing, f) for f in fields)
     h, w = system.preprocessing.img_size
     images = torch.rand(3, 3, h, w, generator=torch.Generator().manual_seed(0)) * 2 - 1
     texts, probs = system.predict(images)
@@ -89,7 +92,7 @@ EXPORT_GAPS = {
      for n in NAMES],
 )  # fmt: skip
 def test_model_exports_with_parity_or_declares_why_not(name, trained, tmp_path):
-    _, ckpt = trained(name)
+    _, ckpt, _ = trained(name)
     loaded = load(ckpt)
     try:
         check_exportable(loaded)
