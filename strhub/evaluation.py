@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from tqdm import tqdm
 
-from strhub.data.lmdb_dataset import FAULT_REASONS, LmdbDataset, find_lmdb_dirs
+from strhub.data.lmdb_dataset import CORRUPT_IMAGE, FAULT_REASONS, LmdbDataset, find_lmdb_dirs
 from strhub.data.lmdb_writer import label_key
 from strhub.metrics import COMBINED, RecognitionMetrics, RecognitionResult, TextNormalizer
 from strhub.models.base import BaseSystem
@@ -27,7 +27,6 @@ from strhub.tables import render_table
 
 log = logging.getLogger(__name__)
 
-CORRUPT_IMAGE = 'corrupt image'
 # Keys listed per test set for the samples left out of its figures.
 MAX_LISTED_SKIPS = 3
 
@@ -111,19 +110,20 @@ class Evaluation:
     samples: list[Prediction] = field(default_factory=list)
 
 
+def lmdb_parts(dataset: Dataset) -> list[LmdbDataset]:
+    """The LmdbDatasets a (possibly nested) concatenation is made of."""
+    if isinstance(dataset, ConcatDataset):
+        return [part for child in dataset.datasets for part in lmdb_parts(child)]
+    return [dataset] if isinstance(dataset, LmdbDataset) else []
+
+
 def _startup_faults(dataset: Dataset) -> SkippedSamples:
     """Samples the LMDB reader dropped at start-up because the stored data is broken (not label filtering)."""
     found = SkippedSamples()
-    parts = dataset.datasets if isinstance(dataset, ConcatDataset) else [dataset]
-    for part in parts:
-        if isinstance(part, ConcatDataset):
-            nested = _startup_faults(part)
-            for reason, count in nested.counts.items():
-                found.add(reason, count, nested.keys)
-        elif isinstance(part, LmdbDataset):
-            for reason, info in part.skipped.items():
-                if reason in FAULT_REASONS:
-                    found.add(reason, info['count'], [f'{part.root.name}:{k}' for k in info['keys']])
+    for part in lmdb_parts(dataset):
+        for reason, info in part.skipped.items():
+            if reason in FAULT_REASONS:
+                found.add(reason, info['count'], [f'{part.root.name}:{k}' for k in info['keys']])
     return found
 
 
@@ -204,9 +204,8 @@ def check_scored(results: Mapping[str, RecognitionResult], loaders: Mapping[str,
         return
     reasons: dict[str, int] = {}
     for loader in loaders.values():
-        parts = loader.dataset.datasets if isinstance(loader.dataset, ConcatDataset) else [loader.dataset]
-        for part in parts:
-            for reason, info in getattr(part, 'skipped', {}).items():
+        for part in lmdb_parts(loader.dataset):
+            for reason, info in part.skipped.items():
                 reasons[reason] = reasons.get(reason, 0) + info['count']
     why = ', '.join(f'{count} {reason}' for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]))
     raise ValueError(

@@ -32,7 +32,8 @@ MAX_CONSECUTIVE_BAD = 100
 BoxTransform = Callable[[list[Box], tuple[int, int]], list[Box]]
 # Reasons for leaving a sample out that are faults of the stored data (not label filtering): an evaluation reports
 # these beside its table.
-FAULT_REASONS = ('missing label', 'label not UTF-8', 'missing image', 'corrupt image')
+CORRUPT_IMAGE = 'corrupt image'
+FAULT_REASONS = ('missing label', 'label not UTF-8', 'missing image', CORRUPT_IMAGE)
 
 
 class BadSample(NamedTuple):
@@ -296,7 +297,7 @@ class LmdbDataset(Dataset):
                 if self.min_image_size > 0:
                     size = _image_size(image)
                     if size is None:
-                        reject('corrupt image', image_key(index))
+                        reject(CORRUPT_IMAGE, image_key(index))
                         continue
                     if min(size) < self.min_image_size:
                         reject('image too small', image_key(index))
@@ -399,8 +400,8 @@ class LmdbDataset(Dataset):
 
     def _record_bad(self, index: int, error: Exception) -> None:
         self._bad_indices.add(index)
-        self._runtime_bad['corrupt image'] += 1
-        if self._runtime_bad['corrupt image'] <= MAX_LOGGED_KEYS:
+        self._runtime_bad[CORRUPT_IMAGE] += 1
+        if self._runtime_bad[CORRUPT_IMAGE] <= MAX_LOGGED_KEYS:
             log.warning(
                 '%s: skipping undecodable %s (%s: %s)',
                 self.root,

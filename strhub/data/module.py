@@ -336,7 +336,7 @@ class SceneTextDataModule(pl.LightningDataModule):
         dataloaders are requested), the epoch's first ``completed`` batches were trained on already: start the
         epoch's order after them instead of replaying it from its first batch. One process only: under DDP each rank
         reads a shard of the order, and the epoch restarts from its beginning (Lightning warns)."""
-        trainer = getattr(self, 'trainer', None)
+        trainer = self.trainer
         if trainer is None or trainer.world_size > 1:
             return
         # Processed, not completed: a checkpoint written in on_train_batch_end counts its last batch as processed
