@@ -4,6 +4,7 @@
 ./bench.py model=parseq
 ./bench.py +experiment=parseq-tiny device=cpu threads=1 'batch_sizes=[1,64]'
 ./bench.py model=parseq +range=true +json=bench.json
+./bench.py pretrained=microsoft/trocr-base-str                # a published model by name
 ./bench.py +experiment=parseq-tiny device=cpu 'options=[none,int8,compile,int8+compile]'
 """
 
@@ -18,7 +19,7 @@ from strhub.benchmark import compute_table, latency_sweep, latency_vs_length, ma
 from strhub.cli_args import resolve_device
 from strhub.config import CONFIG_DIR
 from strhub.inference import optimize_model, parse_options
-from strhub.models.loading import build_system
+from strhub.models.loading import build_system, load
 
 log = logging.getLogger('bench')
 
@@ -28,11 +29,14 @@ def main(cfg: DictConfig) -> None:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    system = build_system(OmegaConf.to_container(cfg.model, resolve=True))
+    if cfg.pretrained:  # published weights fix the architecture (a Hugging Face model brings its own config)
+        system = load(cfg.pretrained)
+    else:
+        system = build_system(OmegaConf.to_container(cfg.model, resolve=True))
     model = system.model.eval().to(device)
-    img_size = list(cfg.model.img_size)
-    report = {'model': cfg.model.name, 'device': str(device), 'threads': torch.get_num_threads()}
-    print(f'## {cfg.model.name} on {device} ({torch.get_num_threads()} threads)\n')
+    img_size, name = list(system.hparams.img_size), system.hparams.name
+    report = {'model': name, 'device': str(device), 'threads': torch.get_num_threads()}
+    print(f'## {name} on {device} ({torch.get_num_threads()} threads)\n')
     # Parse every option set before timing anything, so that a typo fails at once.
     options = [parse_options(spec) for spec in cfg.get('options') or ['none']]
     report['latency'] = []
@@ -53,7 +57,9 @@ def main(cfg: DictConfig) -> None:
         )
     )
     if cfg.get('range', False):
-        report['range'] = latency_vs_length(model, img_size, cfg.model.max_label_length, device, cfg.min_run_time / 2)
+        report['range'] = latency_vs_length(
+            model, img_size, system.hparams.max_label_length, device, cfg.min_run_time / 2
+        )
         print(
             '\n'
             + markdown_table(

@@ -5,12 +5,14 @@
 
 Each entry takes ``pretrained`` (published weights), ``overrides`` (config overrides for a new model), ``device`` and
 runtime options (``refine_iters=2`` ...), and returns the system in eval mode: ``system.predict(images)``. Names with a
-hyphen are also available with underscores (``parseq_tiny``).
+hyphen are also available with underscores (``parseq_tiny``). ``load`` takes every name strhub reads, Hugging Face
+repositories included: ``torch.hub.load('<clone>', 'load', 'microsoft/trocr-base-str', source='local')``.
 """
 
 # Private names: torch.hub.list() shows every public callable of this module as an entry point.
 from strhub.hub import create as _create
 from strhub.hub import hub_names as _hub_names
+from strhub.models.loading import load as _load
 
 dependencies = ['torch', 'lightning', 'hydra', 'omegaconf', 'timm', 'PIL', 'numpy']
 
@@ -25,4 +27,11 @@ def _entry_point(name: str):
 
 
 for _name in _hub_names():
-    globals()[_name] = globals()[_name.replace('-', '_')] = _entry_point(_name)
+    if '/' not in _name:  # Hugging Face repository ids are not Python names: load('owner/name') takes them
+        globals()[_name] = globals()[_name.replace('-', '_')] = _entry_point(_name)
+
+
+def load(name: str, device: str = 'cpu', **runtime):
+    """Any model name strhub reads: a checkpoint path or URL, a release name (``parseq``) or a Hugging Face
+    repository (``alibaba-damo/mgp-str-base``), in eval mode."""
+    return _load(name, device=device, **runtime)

@@ -5,6 +5,7 @@
     ./train.py model=parseq charset=36_lowercase model.batch_size=128
     ./train.py ckpt_path=outputs/parseq/<run>/checkpoints/last.ckpt     # resume
     ./train.py pretrained=parseq dataset=real                             # fine-tune
+    ./train.py pretrained=alibaba-damo/mgp-str-base dataset=real          # fine-tune a Hugging Face model
 
 Hydra options: ./train.py --help (groups and their choices), ./train.py --cfg job (the composed config).
 """
@@ -18,17 +19,21 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from strhub.config import CONFIG_DIR, override_hint
-from strhub.training import train
+from strhub.training import published_run_dir_override, train, with_published_model
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name='main', version_base='1.3')
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if cfg.pretrained:
+        # A Hugging Face model brings its architecture, tokenizer and preprocessing; model.* overrides still apply.
+        cfg = with_published_model(cfg, HydraConfig.get().overrides.task)
     train(cfg, run_dir)
     logging.getLogger(__name__).info('run directory: %s', run_dir)
 
 
 if __name__ == '__main__':
+    sys.argv += published_run_dir_override(sys.argv[1:])
     try:
         main()
     except SystemExit as exit_:

@@ -30,7 +30,7 @@ def build_pair(seed: int = 0):
     from transformers import GotOcr2Config, GotOcr2ForConditionalGeneration
 
     from strhub.models.gotocr2 import GotOcr2
-    from strhub.models.gotocr2.convert import import_state
+    from strhub.models.gotocr2.published import import_state
 
     config = GotOcr2Config(
         vision_config=dict(

@@ -11,14 +11,15 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from strhub.checkpointing import AtomicCheckpointIO, LastCheckpoint, RunDirectoryLock, resolve_resume_path
 from strhub.data.module import SceneTextDataModule
 from strhub.data.preprocess import Preprocess
 from strhub.data.text import TextDataModule
 from strhub.models.base import BaseSystem
-from strhub.models.loading import build_system, count_parameters, load_pretrained_weights
+from strhub.models.huggingface import HUB_ID, is_hub_spec
+from strhub.models.loading import build_system, count_parameters, load_pretrained_weights, pretrained_model_config
 from strhub.progress import ProgressLog, stdout_is_terminal
 
 log = logging.getLogger(__name__)
@@ -132,6 +133,34 @@ def build_logger(choice: Any, run_dir: Path) -> Logger | bool:
     if choice == 'csv':
         return CSVLogger(str(run_dir), name='', version='')
     raise ValueError(f'unknown logger {choice!r}; valid: {list(LOGGERS)} (or trainer.logger=false)')
+
+
+def with_published_model(cfg: DictConfig, overrides: Sequence[str] = ()) -> DictConfig:
+    """``cfg`` with its model section replaced by the one that ``cfg.pretrained`` fixes, where it fixes one (a Hugging
+    Face repository: architecture, tokenizer, preprocessing; with a model config of another family, that family's
+    training defaults too), then the ``model.*`` entries of the command line's ``overrides`` applied again
+    (``model.lr=1e-5`` still counts)."""
+    published = pretrained_model_config(cfg.pretrained, OmegaConf.to_container(cfg.model, resolve=True))
+    if published is None:
+        return cfg
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        cfg.model = OmegaConf.create(published)
+    again = [o.lstrip('+') for o in overrides if o.lstrip('+').startswith('model.')]
+    if again:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(again))
+    log.info('model from %s: %s', cfg.pretrained, cfg.model.name)
+    return cfg
+
+
+def published_run_dir_override(argv: Sequence[str]) -> list[str]:
+    """For a command line that fine-tunes a Hugging Face model (``pretrained=owner/name``) without choosing its run
+    directory: the override naming the run directory after that model, not after the default model config."""
+    spec = next((a.split('=', 1)[1] for a in argv if a.startswith('pretrained=')), None)
+    if not spec or not is_hub_spec(spec) or any(a.startswith(('hydra.run.dir=', 'model.name=')) for a in argv):
+        return []
+    name = HUB_ID.match(spec)['repo'].split('/')[-1] if HUB_ID.match(spec) else Path(spec).resolve().name
+    return [f'hydra.run.dir=${{output_dir}}/{name}/${{now:%Y-%m-%d}}_${{now:%H-%M-%S}}']
 
 
 def train(cfg: DictConfig, run_dir: str | Path, callbacks: Sequence[pl.Callback] = ()) -> tuple[BaseSystem, pl.Trainer]:

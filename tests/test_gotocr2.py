@@ -15,7 +15,6 @@ from PIL import Image
 from strhub.config import model_config
 from strhub.models import registry
 from strhub.models.gotocr2 import GotOcr2
-from strhub.models.gotocr2.convert import detect_layout, import_state
 from strhub.models.gotocr2.prompts import (
     build_prompt,
     choose_grid,
@@ -23,6 +22,7 @@ from strhub.models.gotocr2.prompts import (
     normalize_box,
     plan_tiling,
 )
+from strhub.models.gotocr2.published import import_state
 from strhub.models.gotocr2.tokenizer import GotOcr2Tokenizer, character_tokenizer
 from strhub.models.loading import build_system, count_parameters
 from tests.conftest import training_losses
@@ -49,7 +49,7 @@ TINY_OURS = dict(
 )
 
 
-def tiny_hf_model():
+def tiny_hf_model(vocab: int = VOCAB, image_token: int = IMAGE_TOKEN):
     from transformers import GotOcr2Config, GotOcr2ForConditionalGeneration
 
     config = GotOcr2Config(
@@ -66,7 +66,7 @@ def tiny_hf_model():
         ),
         text_config=dict(
             model_type='qwen2',
-            vocab_size=VOCAB,
+            vocab_size=vocab,
             hidden_size=64,
             intermediate_size=128,
             num_hidden_layers=2,
@@ -75,7 +75,7 @@ def tiny_hf_model():
             rope_theta=10000.0,
             tie_word_embeddings=True,
         ),
-        image_token_index=IMAGE_TOKEN,
+        image_token_index=image_token,
         image_seq_length=16,
     )
     torch.manual_seed(0)
@@ -195,7 +195,7 @@ def test_checkpoint_layouts_import_to_the_same_weights(pair):
         'model.vision_tower_high.blocks.0.norm1.weight' in original and 'model.layers.0.mlp.up_proj.weight' in original
     )
     expected = import_state(current)
-    assert [detect_layout(s) for s in (current, legacy, original)] == [
+    assert [registry.detect_layout(s) for s in (current, legacy, original)] == [
         'got_ocr2_hf',
         'got_ocr2_hf_legacy',
         'got_ocr2_original',
@@ -204,8 +204,9 @@ def test_checkpoint_layouts_import_to_the_same_weights(pair):
         imported = registry.importer(layout)(state)
         assert imported.keys() == expected.keys()
         assert all(torch.equal(imported[k], expected[k]) for k in expected)
+    assert registry.detect_layout({'model.head.weight': torch.zeros(1)}) is None
     with pytest.raises(ValueError, match='not a GOT-OCR2 checkpoint'):
-        detect_layout({'model.head.weight': torch.zeros(1)})
+        import_state({'model.head.weight': torch.zeros(1)})
     with pytest.raises(ValueError, match=r"do not belong to the legacy Hugging Face layout.*'extra.weight'"):
         registry.importer('got_ocr2_hf_legacy')({**legacy, 'extra.weight': torch.zeros(1)})
 

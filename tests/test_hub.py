@@ -34,13 +34,16 @@ def test_hubconf_has_an_entry_point_for_every_registered_name():
     hubconf = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hubconf)
     names = hub_names()
-    assert set(model_names()) | set(registry.PRETRAINED) == set(names)
-    for name in names:
+    assert set(model_names()) | set(registry.releases()) | set(registry.published_hub_names()) == set(names)
+    assert callable(hubconf.load)  # every name, Hugging Face repository ids included (not Python names)
+    for name in (n for n in names if '/' not in n):
         assert callable(getattr(hubconf, name)) and getattr(hubconf, name.replace('-', '_')).__name__ == name.replace(
             '-', '_'
         )
     public = {n for n in dir(hubconf) if not n.startswith('_') and callable(getattr(hubconf, n))}
-    assert public == set(names) | {n.replace('-', '_') for n in names}  # torch.hub.list shows entry points only
+    python_names = {n for n in names if '/' not in n}
+    # torch.hub.list shows entry points only
+    assert public == python_names | {n.replace('-', '_') for n in python_names} | {'load'}
 
 
 def test_load_from_a_clone_without_installing(tmp_path):
@@ -77,7 +80,7 @@ def test_pretrained_weights_come_from_the_hub_cache(tmp_path, monkeypatch):
     release = build_system(model_config('parseq-tiny', ['charset=94_full'])).model.state_dict()
     release = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in release.items()}
     monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'hub'))
-    cached = tmp_path / 'hub' / 'checkpoints' / os.path.basename(registry.PRETRAINED['parseq-tiny'].url)
+    cached = tmp_path / 'hub' / 'checkpoints' / os.path.basename(registry.releases()['parseq-tiny'].url)
     cached.parent.mkdir(parents=True)
     torch.save(release, cached)
 

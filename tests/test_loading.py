@@ -45,7 +45,7 @@ def test_pretrained_name_downloads_with_hash_check(tmp_path, hub_dir, monkeypatc
     source = tiny_system()
     path, _ = release_file(tmp_path, source)
     monkeypatch.setitem(
-        registry.PRETRAINED,
+        registry._RELEASES,
         'tiny-test',
         registry.PretrainedWeights(path.as_uri(), 'parseq-tiny', 'parseq_release', tuple(MODEL_OVERRIDES)),
     )
@@ -61,7 +61,7 @@ def test_pretrained_name_downloads_with_hash_check(tmp_path, hub_dir, monkeypatc
     torch.save({'x': torch.zeros(1)}, tampered)
     (hub_dir / 'checkpoints' / path.name).unlink()
     monkeypatch.setitem(
-        registry.PRETRAINED,
+        registry._RELEASES,
         'tiny-test',
         registry.PretrainedWeights(tampered.as_uri(), 'parseq-tiny', 'parseq_release', tuple(MODEL_OVERRIDES)),
     )

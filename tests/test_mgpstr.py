@@ -10,6 +10,7 @@ import re
 import shutil
 import statistics
 import string
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -24,7 +25,7 @@ from strhub.models import registry
 from strhub.models.loading import build_system, count_parameters, load, load_pretrained_weights
 from strhub.models.mgpstr import HEADS, MGPSTR
 from strhub.models.mgpstr.convert import convert_checkpoint, save_checkpoint
-from strhub.models.mgpstr.layouts import HF_LAYOUT, ORIGINAL_LAYOUT, detect_layout
+from strhub.models.mgpstr.published import HF_LAYOUT, ORIGINAL_LAYOUT
 from strhub.models.mgpstr.system import MGPSTRSystem, fuse_predictions
 from strhub.models.mgpstr.tokenizer import (
     CharSlotTokenizer,
@@ -52,9 +53,13 @@ def gpt2_byte_symbols() -> list[str]:
 
 @pytest.fixture(scope='module')
 def vocabs(tmp_path_factory) -> SimpleNamespace:
-    """Tiny vocabularies in the published file formats: GPT-2 (byte symbols + a few merges), BERT uncased
-    ([SEP] = 102 as in the real one, which the Hugging Face processor relies on) and the character vocab.json."""
-    root = tmp_path_factory.mktemp('vocab')
+    return make_vocabs(tmp_path_factory.mktemp('vocab'))
+
+
+def make_vocabs(root: Path) -> SimpleNamespace:
+    """Tiny vocabularies in the published file formats under ``root``: GPT-2 (byte symbols + a few merges), BERT
+    uncased ([SEP] = 102 as in the real one, which the Hugging Face processor relies on) and the character
+    vocab.json."""
     gpt2, bert, char = root / 'gpt2', root / 'bert', root / 'char'
     for d in (gpt2, bert, char):
         d.mkdir()
@@ -211,7 +216,7 @@ def test_hugging_face_parity(vocabs):
         if steered:
             steer_heads(hf, vocabs, images)
         state = hf.state_dict()
-        assert detect_layout(state) == HF_LAYOUT
+        assert registry.detect_layout(state) == HF_LAYOUT
         system.load_state_dict(registry.importer(HF_LAYOUT)(state), strict=True)
         with torch.no_grad():
             ref = hf(images, output_a3_attentions=True)
@@ -269,7 +274,7 @@ def test_original_layout_imports_like_hugging_face(vocabs, tmp_path):
     state = tiny_hf_model(vocabs).state_dict()
     original = to_original_layout(state)
     assert 'module.mgp_str.char_tokenLearner.tokenLearner.0.weight' in original
-    assert detect_layout(original) == ORIGINAL_LAYOUT
+    assert registry.detect_layout(original) == ORIGINAL_LAYOUT
     from_hf, from_original = registry.importer(HF_LAYOUT)(state), registry.importer(ORIGINAL_LAYOUT)(original)
     assert from_hf.keys() == from_original.keys()
     assert all(torch.equal(from_hf[k], from_original[k]) for k in from_hf)
@@ -301,12 +306,15 @@ def test_original_layout_imports_like_hugging_face(vocabs, tmp_path):
     assert restored.subword_tokenizer('bpe').token_ids('hello') == [len(gpt2_byte_symbols()) + 3, ord('o') - 33]
 
 
-def test_foreign_checkpoints_have_clear_errors(vocabs):
+def test_foreign_checkpoints_have_clear_errors(vocabs, tmp_path):
     state = tiny_hf_model(vocabs).state_dict()
+    path = tmp_path / 'other.pt'
+    torch.save({'model.encoder.weight': torch.zeros(1)}, path)
     with pytest.raises(ValueError, match=r"do not belong to the mgpstr_hf MGP-STR layout \(e.g. \['decoder.w'\]\)"):
         registry.importer(HF_LAYOUT)({**state, 'decoder.w': torch.zeros(1)})
+    assert registry.detect_layout({'model.encoder.weight': torch.zeros(1)}) is None
     with pytest.raises(ValueError, match='not an MGP-STR checkpoint of a known layout'):
-        detect_layout({'model.encoder.weight': torch.zeros(1)})
+        convert_checkpoint(path, overrides=TINY_ARCH + vocab_overrides(vocabs))
     with pytest.raises(ValueError, match="model configuration 'vitstr' is not an MGP-STR configuration"):
         convert_checkpoint('unused.pth', config='vitstr')
 

@@ -78,7 +78,7 @@ def test_fine_tune_and_resume_commands_run(word_data, tmp_path, monkeypatch):
     # ./train.py +experiment=parseq-tiny pretrained=parseq-tiny: the published file (its layout) from the hub cache.
     monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'hub'))
     published = build_system(OmegaConf.to_container(compose_config(['+experiment=parseq-tiny']).model, resolve=True))
-    cached = tmp_path / 'hub' / 'checkpoints' / os.path.basename(registry.PRETRAINED['parseq-tiny'].url)
+    cached = tmp_path / 'hub' / 'checkpoints' / os.path.basename(registry.releases()['parseq-tiny'].url)
     cached.parent.mkdir(parents=True)
     torch.save(published.model.state_dict(), cached)
     common = ['dataset=generated', f'data.root_dir={word_data}', 'data.num_workers=0', 'model.batch_size=8',
@@ -193,7 +193,7 @@ def test_the_torch_hub_snippet_verbatim(tmp_path, monkeypatch):
     (hub / 'trusted_list').write_text('baudm_parseq\n')
     torch.manual_seed(0)
     published = build_system(OmegaConf.to_container(compose_config(['model=parseq']).model, resolve=True))
-    torch.save(published.model.state_dict(), hub / 'checkpoints' / os.path.basename(registry.PRETRAINED['parseq'].url))
+    torch.save(published.model.state_dict(), hub / 'checkpoints' / os.path.basename(registry.releases()['parseq'].url))
     Image.new('RGB', (128, 32), 'white').save(tmp_path / 'image.png')
     snippet = """
 import torch

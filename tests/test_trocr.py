@@ -410,13 +410,17 @@ SPECIALS = ['<s>', '<pad>', '</s>', '<unk>']
 
 @pytest.fixture(scope='module')
 def bpe_files(tmp_path_factory):
-    """A tiny RoBERTa-style byte-level BPE vocabulary: specials, the 256 byte symbols and a few merges."""
+    return make_bpe_files(tmp_path_factory.mktemp('bpe'))
+
+
+def make_bpe_files(directory):
+    """A tiny RoBERTa-style byte-level BPE vocabulary in ``directory``: specials, the 256 byte symbols and a few
+    merges."""
     from tokenizers import pre_tokenizers
 
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     merges = [('h', 'e'), ('l', 'l'), ('he', 'll'), ('Ġ', 'w'), ('o', 'r'), ('Ġw', 'or'), ('a', 'b')]
     vocab = {t: i for i, t in enumerate(SPECIALS + alphabet + [a + b for a, b in merges])}
-    directory = tmp_path_factory.mktemp('bpe')
     (directory / 'vocab.json').write_text(json.dumps(vocab, ensure_ascii=False), encoding='utf-8')
     lines = ['#version: 0.2'] + [f'{a} {b}' for a, b in merges]
     (directory / 'merges.txt').write_text('\n'.join(lines) + '\n', encoding='utf-8')

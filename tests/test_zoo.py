@@ -26,7 +26,7 @@ PUBLISHED = {
 @pytest.mark.parametrize('name', PUBLISHED)
 def test_published_release_loads_by_name(name, shared_dir, tmp_path, monkeypatch):
     """``pretrained=<name>`` resolves to the release URL; a file of that layout in the hub cache loads strictly."""
-    weights = registry.PRETRAINED[name]
+    weights = registry.releases()[name]
     assert weights.url.startswith(registry.RELEASE + '/')
     layout = read_layout(shared_dir / 'reference' / 'keys' / f'{PUBLISHED[name]}.tsv')
     torch.manual_seed(0)

@@ -342,11 +342,18 @@ class BaseSystem(pl.LightningModule):
             return None
         raise ValueError(f'unknown scheduler {name!r}; valid: {list(SCHEDULERS)}')
 
-    @staticmethod
-    def import_foreign_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Maps a state dict of another implementation's layout (e.g. Hugging Face) to this system's keys, for
-        ``pretrained=<file>``; systems that recognise such layouts override this. Unchanged by default."""
-        return dict(state)
+    @classmethod
+    def import_foreign_state(cls, state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Maps a state dict of another implementation's layout (Hugging Face, an original release) to this system's
+        keys, for ``pretrained=<file>``: the layout registered by this system's model package whose detector
+        recognises the keys (:func:`strhub.models.registry.register_layout`; a subclass's package inherits its
+        base's layouts); other state dicts pass unchanged."""
+        packages = {registry.package_of(c.__module__) for c in cls.__mro__} - {''}
+        layout = registry.detect_layout(state, packages=packages)
+        if layout is None:
+            return dict(state)
+        log.info('importing a checkpoint of the %s layout', layout)
+        return registry.importer(layout)(state)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[SYSTEM_KEY] = registry.system_name(type(self))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -16,6 +16,7 @@ from torch import nn
 from strhub.config import model_config
 from strhub.models import registry
 from strhub.models.base import SYSTEM_KEY, BaseSystem, check_kwargs
+from strhub.models.huggingface import hub_model, is_hub_spec
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,9 @@ def resolve_checkpoint_path(spec: str | os.PathLike) -> Path:
     spec = str(spec)
     if '://' in spec:
         return download(spec)
-    if spec in registry.PRETRAINED:
-        return download(registry.PRETRAINED[spec].url)
+    releases = registry.releases()
+    if spec in releases:
+        return download(releases[spec].url)
     path = Path(spec).expanduser()
     if path.is_dir():
         # A run directory (or its checkpoints/ folder) stands for its last checkpoint.
@@ -72,8 +74,8 @@ def resolve_checkpoint_path(spec: str | os.PathLike) -> Path:
     if path.is_file():
         return path
     raise FileNotFoundError(
-        f'checkpoint {spec!r} not found: give an existing file, a file:// or https:// URL, or a '
-        f'pretrained name ({sorted(registry.PRETRAINED)})'
+        f'checkpoint {spec!r} not found: give an existing file, a file:// or https:// URL, a Hugging Face '
+        f'repository (owner/name) or a pretrained name ({sorted(releases)})'
     )
 
 
@@ -104,27 +106,64 @@ def _state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     return dict(checkpoint.get('state_dict', checkpoint))
 
 
+def read_state_files(paths: Sequence[str | os.PathLike]) -> dict[str, torch.Tensor]:
+    """The merged tensors of one or more weight files (the shards of one download), read without executing code."""
+    state: dict[str, torch.Tensor] = {}
+    for path in paths:
+        state.update(_state_dict(read_checkpoint(path)))
+    return state
+
+
+def save_checkpoint(system: BaseSystem, path: str | os.PathLike) -> None:
+    """Writes ``system`` as a checkpoint that :func:`load` reads anywhere: its weights, its config and what the
+    system adds (its registered name, vocabularies it has loaded)."""
+    checkpoint = {'state_dict': system.state_dict(), 'hyper_parameters': dict(system.hparams)}
+    system.on_save_checkpoint(checkpoint)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(checkpoint, path)
+
+
+def pretrained_model_config(spec: str | os.PathLike, own: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+    """The ``model`` config section for fine-tuning published weights that fix their architecture (a Hugging Face
+    repository: sizes, tokenizer, preprocessing), or None where the run's own model config applies (our checkpoints,
+    weight files). With ``own`` (the run's composed model section) of the same family, only what the repository
+    fixes replaces its entries, so an experiment's training settings stay; else the family's defaults come too."""
+    if not is_hub_spec(spec):
+        return None
+    published = hub_model(spec)
+    if own is None or own.get('_target_') != published.config.get('_target_'):
+        return published.config
+    return {**dict(own), **{k: published.config[k] for k in published.fixed if k in published.config}}
+
+
 def load(spec: str | os.PathLike, device: str | torch.device = 'cpu', **runtime: Any) -> BaseSystem:
-    """Loads a trained system for inference (eval mode) from a ``.ckpt`` path/URL or a pretrained name.
+    """Loads a trained system for inference (eval mode).
 
     Args:
-        spec: our checkpoint (path, ``file://`` or ``https://`` URL), or a name from :data:`registry.PRETRAINED`.
+        spec: our checkpoint (path, ``file://`` or ``https://`` URL, run directory), a release name from
+            :func:`registry.releases`, or a Hugging Face repository (``owner/name[@revision]`` or its local
+            directory; see :mod:`strhub.models.huggingface`).
         device: where to put the model.
         runtime: model attributes to set after loading (e.g. ``refine_iters=2, decode_ar=False``).
     """
     spec = str(spec)
-    if spec in registry.PRETRAINED:
-        weights = registry.PRETRAINED[spec]
+    releases = registry.releases()
+    if spec in releases:
+        weights = releases[spec]
         system = build_system(model_config(weights.config, weights.overrides))
         state = registry.importer(weights.layout)(_state_dict(read_checkpoint(resolve_checkpoint_path(spec))))
         system.load_state_dict(state, strict=True)
+    elif is_hub_spec(spec):
+        published = hub_model(spec)
+        system = build_system(published.config)
+        system.load_state_dict(published.read_state(), strict=True)
     else:
         checkpoint = read_checkpoint(resolve_checkpoint_path(spec))
         if SYSTEM_KEY not in checkpoint or 'hyper_parameters' not in checkpoint:
             raise ValueError(
                 f'{spec} is not a strhub training checkpoint (no embedded config); for published weights '
-                f'use a pretrained name ({sorted(registry.PRETRAINED)}) or pretrained=<file> with a '
-                'model config'
+                f'use a pretrained name ({sorted(releases)}), a Hugging Face repository, or pretrained=<file> '
+                'with a model config'
             )
         system = registry.system_class(checkpoint[SYSTEM_KEY])(**checkpoint['hyper_parameters'])
         system.load_state_dict(checkpoint['state_dict'], strict=True)
@@ -152,12 +191,16 @@ def load_pretrained_weights(system: BaseSystem, spec: str | os.PathLike) -> None
     position queries) keep their fresh initialisation, with a log line naming them.
     """
     spec = str(spec)
-    checkpoint = read_checkpoint(resolve_checkpoint_path(spec))
-    state = _state_dict(checkpoint)
-    if spec in registry.PRETRAINED:
-        state = registry.importer(registry.PRETRAINED[spec].layout)(state)
+    releases = registry.releases()
+    if is_hub_spec(spec) and spec not in releases:
+        checkpoint, state = {}, hub_model(spec).read_state()
     else:
-        state = system.import_foreign_state(state)
+        checkpoint = read_checkpoint(resolve_checkpoint_path(spec))
+        state = _state_dict(checkpoint)
+        if spec in releases:
+            state = registry.importer(releases[spec].layout)(state)
+        else:
+            state = system.import_foreign_state(state)
     own = system.state_dict()
     compatible = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     reinitialised = sorted(k for k, v in state.items() if k in own and own[k].shape != v.shape)

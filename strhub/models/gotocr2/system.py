@@ -12,7 +12,6 @@ from PIL import Image
 from torch import Tensor
 
 from strhub.models.base import BaseSystem, check_kwargs
-from strhub.models.gotocr2 import convert  # noqa: F401 - registers the checkpoint importers
 from strhub.models.gotocr2.model import GotOcr2
 from strhub.models.gotocr2.prompts import build_prompt
 from strhub.models.gotocr2.tokenizer import IGNORE_INDEX, GotOcr2Tokenizer

@@ -1,7 +1,7 @@
 """GOT-OCR2's vision side: a SAM-style ViTDet encoder and the convolutional projector into the language model.
 
 Parameter names follow Hugging Face's ``GotOcr2Model`` (``vision_tower.*``, ``multi_modal_projector.*``), so the
-current Hugging Face layout loads without renaming (see :mod:`strhub.models.gotocr2.convert` for the others).
+current Hugging Face layout loads without renaming (see :mod:`strhub.models.gotocr2.published` for the others).
 """
 
 from __future__ import annotations

@@ -1,8 +1,12 @@
-"""Published MGP-STR weights -> a self-contained strhub checkpoint (weights, config and vocabularies).
+"""Published MGP-STR weights -> a self-contained strhub checkpoint (weights, config and vocabularies), for offline
+use (a command line over :mod:`strhub.models.mgpstr.published`).
 
-The published models need the GPT-2 BPE and BERT uncased WordPiece vocabularies, which are not part of their weight
-files. Converting once with local copies of those files gives a checkpoint that ``./test.py`` and ``./read.py`` load
-without them::
+A Hugging Face repository (Hub id or local directory) needs nothing else: its vocabularies come with it::
+
+    python -m strhub.models.mgpstr.convert alibaba-damo/mgp-str-base mgp-str-base.ckpt
+
+Weight files alone need the GPT-2 BPE and BERT uncased WordPiece vocabularies, which are not part of them. Converting
+once with local copies of those files gives a checkpoint that ``./test.py`` and ``./read.py`` load without them::
 
     python -m strhub.models.mgpstr.convert mgp_str_base_patch4_32_128.pth mgp-str-base.ckpt \\
         --gpt2 gpt2/vocab.json gpt2/merges.txt --bert bert-base-uncased/vocab.txt
@@ -20,12 +24,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
 from strhub.config import model_config
 from strhub.models import registry
-from strhub.models.loading import build_system, read_checkpoint
-from strhub.models.mgpstr.layouts import detect_layout
+from strhub.models.huggingface import is_hub_spec
+from strhub.models.loading import build_system, load, read_checkpoint
+from strhub.models.loading import save_checkpoint as save_checkpoint
 from strhub.models.mgpstr.system import SUBWORD_HEADS, MGPSTRSystem
 
 log = logging.getLogger(__name__)
@@ -39,10 +42,12 @@ def convert_checkpoint(
     bert_vocab: str | Path | None = None,
     layout: str | None = None,
 ) -> MGPSTRSystem:
-    """Builds model configuration ``config`` (plus Hydra ``overrides``) and loads published weights into it.
+    """Builds model configuration ``config`` (plus Hydra ``overrides``) and loads published weights into it; a Hugging
+    Face repository brings its own configuration and vocabularies (the other arguments do not apply).
 
     Args:
-        source: a Hugging Face or original MGP-STR state dict file (``.bin``, ``.pth``, ``.safetensors``).
+        source: a Hugging Face repository (id or directory), or a Hugging Face or original MGP-STR state dict file
+            (``.bin``, ``.pth``, ``.safetensors``).
         config: the model configuration matching the weights (``mgp-str``, ``mgp-str-tiny`` ...).
         overrides: further config overrides.
         gpt2_files: GPT-2 ``vocab.json`` and ``merges.txt`` (else ``model.bpe.files`` of the config).
@@ -52,6 +57,11 @@ def convert_checkpoint(
     Returns:
         The system in eval mode, its vocabularies loaded (so that :func:`save_checkpoint` embeds them).
     """
+    if is_hub_spec(source):
+        system = load(source)
+        if not isinstance(system, MGPSTRSystem):
+            raise ValueError(f'{source} is a {type(system).__name__} model, not MGP-STR')
+        return system
     cfg = model_config(config, overrides)
     if cfg.get('_target_') != f'{MGPSTRSystem.__module__}.{MGPSTRSystem.__qualname__}':
         raise ValueError(f'model configuration {config!r} is not an MGP-STR configuration')
@@ -62,7 +72,12 @@ def convert_checkpoint(
     system = build_system(cfg)
     checkpoint = read_checkpoint(source)
     state = dict(checkpoint.get('state_dict', checkpoint))
-    layout = layout or detect_layout(state)
+    layout = layout or registry.detect_layout(state, packages={'strhub.models.mgpstr'})
+    if layout is None:
+        raise ValueError(
+            f'{source}: not an MGP-STR checkpoint of a known layout (first keys: {list(state)[:5]}); expected Hugging '
+            "Face 'mgp_str.embeddings.*' / '*_a3_module.*' or original '*_tokenLearner.*' keys"
+        )
     system.load_state_dict(registry.importer(layout)(state), strict=True)
     for head in SUBWORD_HEADS:
         system.subword_tokenizer(head)
@@ -70,19 +85,10 @@ def convert_checkpoint(
     return system.eval()
 
 
-def save_checkpoint(system: MGPSTRSystem, path: str | Path) -> None:
-    """Writes ``system`` as a checkpoint that :func:`strhub.models.loading.load` reads: weights, config and the
-    vocabularies it has loaded."""
-    checkpoint = {'state_dict': system.state_dict(), 'hyper_parameters': dict(system.hparams)}
-    system.on_save_checkpoint(checkpoint)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    torch.save(checkpoint, path)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('source', help='published weights: Hugging Face or original MGP-STR state dict')
+    parser.add_argument('source', help='a Hugging Face repository (id or directory), or a weights file')
     parser.add_argument('output', help='the strhub checkpoint to write (.ckpt)')
     parser.add_argument('--config', default='mgp-str', help='model configuration of the weights (default mgp-str)')
     parser.add_argument('--gpt2', nargs=2, metavar=('VOCAB_JSON', 'MERGES_TXT'), help='GPT-2 vocabulary files')

@@ -7,7 +7,7 @@ a token of its granularity: characters, BPE sub-words and WordPiece sub-words.
 
 Parameter names follow timm's ``VisionTransformer`` for the encoder (``patch_embed``, ``cls_token``, ``pos_embed``,
 ``blocks``); the A³ modules are ``a3.<head>`` and the classifiers ``heads.<head>`` (see
-:mod:`strhub.models.mgpstr.layouts` for the published layouts).
+:mod:`strhub.models.mgpstr.published` for the published layouts).
 """
 
 from __future__ import annotations

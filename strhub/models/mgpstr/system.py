@@ -23,7 +23,6 @@ from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from strhub.models.base import BaseSystem, check_kwargs
-from strhub.models.mgpstr import layouts  # importing it registers the published checkpoint layouts
 from strhub.models.mgpstr.model import HEADS, MGPSTR, MGPSTROutput
 from strhub.models.mgpstr.tokenizer import (
     CharSlotTokenizer,
@@ -138,14 +137,6 @@ class MGPSTRSystem(BaseSystem):
                     )
                 labels = dataset_labels(datamodule.train_dataset)
             self._subword[head] = build_subword_tokenizer(head, spec, self.charset_train, labels)
-
-    @staticmethod
-    def import_foreign_state(state: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Published MGP-STR weights (Hugging Face or original layout) for ``pretrained=<file>``; our own keys pass
-        through unchanged."""
-        if any(key.startswith('model.') for key in state):
-            return dict(state)
-        return layouts.import_state(state)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)

@@ -10,7 +10,7 @@ from torch import Tensor
 from strhub.models.base import CrossEntropySystem, check_kwargs
 from strhub.models.parseq.model import PARSeq
 from strhub.models.parseq.permutation import plm_loss
-from strhub.models.registry import StateDict, register_importer, register_system
+from strhub.models.registry import register_system
 
 
 @register_system
@@ -70,11 +70,3 @@ class PARSeqSystem(CrossEntropySystem):
             perm_mirrored=self.perm_mirrored,
         )
         return loss
-
-
-@register_importer('parseq_release')
-def import_parseq_release(state: StateDict) -> StateDict:
-    """The published PARSeq files hold the bare model (``encoder.*``, ``decoder.*`` ...); ours nests it in ``model``."""
-    if any(k.startswith('model.') for k in state):
-        return dict(state)
-    return {f'model.{k}': v for k, v in state.items()}

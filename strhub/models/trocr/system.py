@@ -12,8 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from strhub.models.base import CrossEntropySystem, check_kwargs
-from strhub.models.registry import StateDict, importer, register_system
-from strhub.models.trocr.convert import detect_layout
+from strhub.models.registry import register_system
 from strhub.models.trocr.model import TrOCR
 from strhub.models.trocr.tokenizer import MissingTokenizer, SubwordTokenizer, TokenizerConfig, TrOCRCharTokenizer
 
@@ -132,12 +131,3 @@ class TrOCRSystem(CrossEntropySystem):
         ``beam_size``: the tokens are those decoding chose, not the argmax of per-position logits."""
         generation = self.model.generate(images)
         return self.tokenizer.decode_tokens(generation.tokens, generation.token_log_probs.exp())
-
-    @staticmethod
-    def import_foreign_state(state: StateDict) -> StateDict:
-        """A Hugging Face or unilm TrOCR state dict mapped to our keys; other state dicts unchanged."""
-        layout = detect_layout(state)
-        if layout is None:
-            return dict(state)
-        log.info('importing a %s TrOCR checkpoint', layout)
-        return importer(layout)(state)

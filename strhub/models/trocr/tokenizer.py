@@ -13,13 +13,14 @@ probabilities of the tokens up to and including the first EOS.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import tokenizers
 import torch
-from tokenizers import decoders, models, pre_tokenizers
+from tokenizers import decoders, models, normalizers, pre_tokenizers
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
@@ -190,6 +191,73 @@ def load_subword_backend(path: str | Path) -> tokenizers.Tokenizer:
         return tokenizers.Tokenizer.from_file(str(path))
     except Exception as e:  # noqa: BLE001 - the Rust library raises a bare Exception for every kind of bad file
         raise ValueError(f'{path} is not a tokenizers tokenizer.json file ({e})') from e
+
+
+def _varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _protobuf_fields(data: bytes) -> list[tuple[int, int | float | bytes]]:
+    """The ``(field number, value)`` pairs of a serialised protobuf message (varints, 32-bit floats, 64-bit and
+    length-delimited values as raw bytes): enough to read a sentencepiece model without its generated classes."""
+    fields, pos = [], 0
+    while pos < len(data):
+        tag, pos = _varint(data, pos)
+        number, wire = tag >> 3, tag & 7
+        if wire == 0:
+            value, pos = _varint(data, pos)
+        elif wire == 1:
+            value, pos = data[pos : pos + 8], pos + 8
+        elif wire == 2:
+            size, pos = _varint(data, pos)
+            value, pos = data[pos : pos + size], pos + size
+        elif wire == 5:
+            value, pos = struct.unpack('<f', data[pos : pos + 4])[0], pos + 4
+        else:
+            raise ValueError(f'unsupported protobuf wire type {wire}')
+        fields.append((number, value))
+    return fields
+
+
+def sentencepiece_backend(path: str | Path) -> tokenizers.Tokenizer:
+    """An XLM-RoBERTa-style tokenizer from a sentencepiece unigram model (trocr-small's ``sentencepiece.bpe.model``),
+    as ``transformers.XLMRobertaTokenizer`` builds it: fairseq ids (``<s>`` 0, ``<pad>`` 1, ``</s>`` 2, ``<unk>`` 3,
+    then the model's pieces after its own three specials, then ``<mask>``), the model's normalisation table, and
+    "▁" word boundaries."""
+    path = Path(path)
+    try:
+        fields = _protobuf_fields(path.read_bytes())
+        pieces = []
+        for number, value in fields:
+            if number == 1:  # ModelProto.pieces: SentencePiece {1: piece, 2: score, 3: type}
+                piece = dict(_protobuf_fields(value))
+                pieces.append((piece[1].decode('utf-8'), float(piece.get(2, 0.0))))
+        trainer = dict(_protobuf_fields(next((v for n, v in fields if n == 2), b'')))
+        normalizer = dict(_protobuf_fields(next((v for n, v in fields if n == 3), b'')))
+    except (ValueError, KeyError, IndexError, UnicodeDecodeError, struct.error) as e:
+        raise ValueError(f'{path} is not a sentencepiece model ({e})') from e
+    if trainer.get(3, 1) != 1:  # TrainerSpec.model_type: 1 = unigram
+        raise ValueError(f'{path}: only sentencepiece unigram models are supported (XLM-R / trocr-small)')
+    if len(pieces) < 4:
+        raise ValueError(f'{path} holds {len(pieces)} pieces: not a sentencepiece vocabulary')
+    vocab = [('<s>', 0.0), ('<pad>', 0.0), ('</s>', 0.0), ('<unk>', 0.0), *pieces[3:], ('<mask>', 0.0)]
+    backend = tokenizers.Tokenizer(models.Unigram(vocab, unk_id=3, byte_fallback=False))
+    charsmap = normalizer.get(2)  # NormalizerSpec.precompiled_charsmap
+    if charsmap:
+        backend.normalizer = normalizers.Precompiled(charsmap)
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Metaspace(replacement='▁', prepend_scheme='always')]
+    )
+    backend.decoder = decoders.Metaspace(replacement='▁', prepend_scheme='always')
+    backend.add_special_tokens(['<s>', '<pad>', '</s>', '<unk>', '<mask>'])
+    return backend
 
 
 @dataclass

@@ -1,0 +1,8 @@
+"""ABINet's published weights: the baudm/parseq v1.0.0 release file (a whole reference LightningModule, our
+keys), trained on the 94-character charset."""
+
+from __future__ import annotations
+
+from strhub.models.registry import RELEASE, register_release
+
+register_release('abinet', f'{RELEASE}/abinet-1d1e373e.pt', 'abinet', 'strhub_system', ('charset=94_full',))
