@@ -179,7 +179,7 @@ class BaseSystem(pl.LightningModule):
         ]
         if missing:
             raise TypeError(f'{type(self).__name__} must implement {missing} (see BaseSystem)')
-        self.tokenizer = self.tokenizer_class(self.charset_train)
+        self.tokenizer = self.build_tokenizer()
         self.max_label_length = positive_number('model.max_label_length', max_label_length)
         self.batch_size = positive_number('model.batch_size', batch_size)
         self.lr = positive_number('model.lr', lr, float)
@@ -190,6 +190,12 @@ class BaseSystem(pl.LightningModule):
         # shows; nan_strategy='disable' would do that too but also drops the weights (torchmetrics 1.9).
         self.val_loss_mean = MeanMetric(nan_strategy=math.nan)
         self.model: nn.Module
+
+    def build_tokenizer(self) -> Tokenizer:
+        """The system's tokenizer, built once, at construction: :attr:`tokenizer_class` over the training charset.
+        Systems whose vocabulary comes from files (TrOCR, GOT-OCR2) override this; their constructor arguments are
+        in ``self.hparams`` by then."""
+        return self.tokenizer_class(self.charset_train)
 
     # -- inference ----------------------------------------------------------------------------------------------
 

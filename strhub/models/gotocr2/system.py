@@ -57,15 +57,6 @@ class GotOcr2System(BaseSystem):
         for key in ('img_size', 'max_label_length', 'image_token_id', 'stop_ids'):
             if key in arch:
                 raise ValueError(f'model.arch.{key} is set from the model config / tokenizer; remove it from arch')
-        if tokenizer is None:
-            self.tokenizer = GotOcr2Tokenizer.for_charset(self.charset_train)
-            if arch.get('vocab_size'):
-                log.warning(
-                    'model.tokenizer is not set: using a character tokenizer; published GOT-OCR2 weights need '
-                    'model.tokenizer=<their tokenizer.json>'
-                )
-        else:
-            self.tokenizer = GotOcr2Tokenizer.from_file(tokenizer)
         vocab_size = arch.pop('vocab_size', None) or len(self.tokenizer)
         if vocab_size < len(self.tokenizer):
             raise ValueError(
@@ -86,6 +77,18 @@ class GotOcr2System(BaseSystem):
         self.model.set_gradient_checkpointing(gradient_checkpointing)
         if freeze_vision:
             self.model.vision_tower.requires_grad_(False)
+
+    def build_tokenizer(self) -> GotOcr2Tokenizer:
+        """The published tokenizer.json (``model.tokenizer``), or a character tokenizer over the charset."""
+        path = self.hparams.get('tokenizer')
+        if path is not None:
+            return GotOcr2Tokenizer.from_file(path)
+        if (self.hparams.get('arch') or {}).get('vocab_size'):
+            log.warning(
+                'model.tokenizer is not set: using a character tokenizer; published GOT-OCR2 weights need '
+                'model.tokenizer=<their tokenizer.json>'
+            )
+        return GotOcr2Tokenizer.for_charset(self.charset_train)
 
     @torch.inference_mode()
     def predict(self, images: Tensor) -> tuple[list[str], list[Tensor]]:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from strhub.data.tokenizer import Tokenizer
 from strhub.models.base import CrossEntropySystem, check_kwargs
 from strhub.models.registry import register_system
 from strhub.models.trocr.model import TrOCR
@@ -44,8 +45,6 @@ class TrOCRSystem(CrossEntropySystem):
         ' the tracing exporter cannot record; use the PyTorch model'
     )
 
-    tokenizer_class = TrOCRCharTokenizer
-
     def __init__(
         self,
         arch: Mapping[str, Any],
@@ -58,14 +57,8 @@ class TrOCRSystem(CrossEntropySystem):
     ) -> None:
         super().__init__(img_size=img_size, max_label_length=max_label_length, **kwargs)
         check_kwargs(TrOCR, arch, 'model.arch')
-        check_kwargs(TokenizerConfig, tokenizer or {}, 'model.tokenizer')
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f'label_smoothing must be in [0, 1), got {label_smoothing}')
-        spec = TokenizerConfig(**dict(tokenizer or {}))
-        self.tokenizer = spec.build(self.charset_train, self.hparams.name)
-        if isinstance(self.tokenizer, SubwordTokenizer) and spec.json is None:
-            # Checkpoints carry the vocabulary itself, so they load where the tokenizer files are not.
-            self.hparams['tokenizer'] = {**dict(tokenizer or {}), 'json': self.tokenizer.to_json()}
         # null token ids in an overlay of the sub-word base config mean "not set" (char experiments).
         arch = {k: v for k, v in dict(arch).items() if not (k in _TOKEN_ARGS and v is None)}
         arch = {**self._token_args(arch), **arch}
@@ -74,6 +67,17 @@ class TrOCRSystem(CrossEntropySystem):
         self._check_tokenizer_matches_model()
         self.model.encoder.freeze(freeze_encoder_blocks)
         self.label_smoothing = label_smoothing
+
+    def build_tokenizer(self) -> Tokenizer:
+        """The ``model.tokenizer`` section's tokenizer: the charset's characters or a sub-word vocabulary, whose
+        ``tokenizer.json`` then goes into the hyperparameters so that checkpoints load where its files are not."""
+        section = dict(self.hparams.get('tokenizer') or {})
+        check_kwargs(TokenizerConfig, section, 'model.tokenizer')
+        spec = TokenizerConfig(**section)
+        tokenizer = spec.build(self.charset_train, self.hparams.name)
+        if isinstance(tokenizer, SubwordTokenizer) and spec.json is None:
+            self.hparams['tokenizer'] = {**section, 'json': tokenizer.to_json()}
+        return tokenizer
 
     def _token_args(self, arch: Mapping[str, Any]) -> dict[str, int]:
         tok = self.tokenizer
