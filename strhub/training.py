@@ -159,7 +159,8 @@ def published_run_dir_override(argv: Sequence[str]) -> list[str]:
     spec = next((a.split('=', 1)[1] for a in argv if a.startswith('pretrained=')), None)
     if not spec or not is_hub_spec(spec) or any(a.startswith(('hydra.run.dir=', 'model.name=')) for a in argv):
         return []
-    name = HUB_ID.match(spec)['repo'].split('/')[-1] if HUB_ID.match(spec) else Path(spec).resolve().name
+    match = HUB_ID.match(spec)
+    name = match['repo'].split('/')[-1] if match else Path(spec).resolve().name
     return [f'hydra.run.dir=${{output_dir}}/{name}/${{now:%Y-%m-%d}}_${{now:%H-%M-%S}}']
 
 

@@ -169,22 +169,18 @@ def _weight_files(directory: Path) -> list[Path]:
 
 def read_weights(directory: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a repository's weights (all shards merged), read without executing code."""
+    # Imported here: loading resolves Hub names through this module.
+    from strhub.models.loading import read_state_files
+
     files = _weight_files(directory)
     if not files:
         raise HubError(
             f'{directory} has no model.safetensors or pytorch_model.bin (nor a sharded index of them): no weights'
         )
-    state: dict[str, torch.Tensor] = {}
-    for path in files:
-        if not path.is_file():
-            raise HubError(f'{path} is listed in the weight index but missing; download the repository again')
-        if path.suffix == '.safetensors':
-            from safetensors.torch import load_file
-
-            state.update(load_file(str(path)))
-        else:
-            state.update(torch.load(path, map_location='cpu', weights_only=True))
-    return state
+    missing = [path for path in files if not path.is_file()]
+    if missing:
+        raise HubError(f'{missing[0]} is listed in the weight index but missing; download the repository again')
+    return read_state_files(files)
 
 
 def image_preprocessing(directory: Path, default_size: Sequence[int]) -> tuple[list[int], dict[str, Any]]:

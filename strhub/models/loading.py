@@ -192,7 +192,7 @@ def load_pretrained_weights(system: BaseSystem, spec: str | os.PathLike) -> None
     """
     spec = str(spec)
     releases = registry.releases()
-    if is_hub_spec(spec) and spec not in releases:
+    if is_hub_spec(spec):
         checkpoint, state = {}, hub_model(spec).read_state()
     else:
         checkpoint = read_checkpoint(resolve_checkpoint_path(spec))
