@@ -16,7 +16,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from strhub.benchmark import compute_table, latency_sweep, latency_vs_length, markdown_table
-from strhub.cli_args import resolve_device
+from strhub.cli_args import hydra_user_errors, resolve_device
 from strhub.config import CONFIG_DIR
 from strhub.inference import optimize_model, parse_options
 from strhub.models.loading import build_system, load
@@ -25,6 +25,7 @@ log = logging.getLogger('bench')
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name='bench', version_base='1.3')
+@hydra_user_errors
 def main(cfg: DictConfig) -> None:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)

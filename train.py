@@ -18,11 +18,13 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
+from strhub.cli_args import hydra_user_errors
 from strhub.config import CONFIG_DIR, override_hint
 from strhub.training import published_run_dir_override, train, with_published_model
 
 
 @hydra.main(config_path=str(CONFIG_DIR), config_name='main', version_base='1.3')
+@hydra_user_errors
 def main(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     if cfg.pretrained:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
@@ -85,3 +86,22 @@ def run_cli(main: Callable[[list[str]], int], argv: Sequence[str] | None = None)
         print(f'error: {e}', file=sys.stderr)
         print(f'(run again with {DEBUG_FLAG} for the full traceback)', file=sys.stderr)
         return 2
+
+
+def hydra_user_errors(main: Callable[..., None]) -> Callable[..., None]:
+    """For Hydra scripts (train.py, bench.py), what :func:`run_cli` does for the others: a user error prints one
+    ``error: ...`` line on stderr and exits with 2. Their arguments are config overrides, so the full traceback is
+    asked for with ``STRHUB_DEBUG=1`` (or Hydra's ``HYDRA_FULL_ERROR=1``) instead of ``--debug``."""
+
+    @functools.wraps(main)
+    def wrapped(*args: Any, **kwargs: Any) -> None:
+        if any(os.environ.get(v, '') not in ('', '0') for v in ('STRHUB_DEBUG', 'HYDRA_FULL_ERROR')):
+            return main(*args, **kwargs)
+        try:
+            return main(*args, **kwargs)
+        except USER_ERRORS as e:
+            print(f'error: {e}', file=sys.stderr)
+            print('(set STRHUB_DEBUG=1 for the full traceback)', file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return wrapped

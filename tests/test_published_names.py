@@ -395,9 +395,17 @@ def test_names_and_errors(hub_cache, tmp_path, got_repo):
     (no_weights / 'model.safetensors').unlink()
     with pytest.raises(HubError, match='no model.safetensors or pytorch_model.bin'):
         load(no_weights)
-    # The script prints the one line.
-    read = run_script(['read.py', 'pretrained=acme/missing', '--images', str(tmp_path)], hub_cache)
-    assert read.returncode != 0 and 'error: acme/missing is not in the Hugging Face cache' in read.stderr
+    # Every script prints the one line.
+    for script in (
+        ['read.py', 'pretrained=acme/missing', '--images', str(tmp_path)],
+        ['tools/export.py', 'pretrained=acme/missing', '--out', str(tmp_path / 'm.onnx')],
+        ['bench.py', 'pretrained=acme/missing'],
+        ['train.py', 'pretrained=acme/missing', f'hydra.run.dir={tmp_path / "run"}'],
+    ):
+        done = run_script(script, hub_cache)
+        assert done.returncode == 2, (script, done.stderr[-2000:])
+        assert done.stderr.count('error: acme/missing is not in the Hugging Face cache') == 1, script
+        assert 'Traceback' not in done.stderr, script
 
 
 def test_one_registry_for_foreign_weights():

@@ -17,7 +17,7 @@ import argparse
 import logging
 import sys
 
-from strhub.cli_args import checkpoint_spec
+from strhub.cli_args import checkpoint_spec, run_cli
 from strhub.export import DEFAULT_OPSET, EXPORTERS, FORMATS, ExportError, export
 from strhub.models.loading import load
 
@@ -69,4 +69,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_cli(main))
