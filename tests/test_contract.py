@@ -112,3 +112,42 @@ def test_a_system_without_its_losses_is_refused_at_construction():
     with pytest.raises(TypeError, match=r"Incomplete must implement \['training_loss', 'forward_logits_loss'\]"):
         Incomplete(name='x', charset_train='abc', charset_test='abc', max_label_length=4, img_size=[8, 8],
                    batch_size=2, lr=1e-3)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    'arch, message',
+    [
+        (
+            {'hidden_size': 8, 'depth': 3},
+            r"unknown model.arch key\(s\) \['depth'\] for CRNN; valid keys: .*hidden_size",
+        ),
+        ({'num_classes': 5}, r'model.arch.num_classes is set from the model config / tokenizer by CRNNSystem'),
+    ],
+)
+def test_build_model_names_the_wrong_arch_key(arch, message):
+    from strhub.models.crnn.system import CRNNSystem
+
+    with pytest.raises(ValueError, match=message):
+        CRNNSystem(arch=arch, name='x', charset_train='abc', charset_test='abc', max_label_length=4, batch_size=2,
+                   lr=1e-3)  # fmt: skip
+
+
+def test_key_value_cache_writes_reads_reorders_and_drops_rows():
+    from strhub.models.decoding import KeyValueCache
+
+    cache = KeyValueCache(2, batch_size=3, kv_heads=2, capacity=5, head_dim=4, like=torch.zeros(1))
+    keys, values = torch.randn(3, 2, 2, 4), torch.randn(3, 2, 2, 4)
+    k, v = cache.write(1, keys, values, 0)  # positions 0 and 1 of layer 1
+    assert torch.equal(k, keys) and torch.equal(v, values)
+    # Packed rows (N, 2 * heads * head_dim): keys then values, heads not yet split, as a fused projection gives them.
+    packed = torch.randn(3, 2 * 2 * 4)
+    k, v = cache.write_packed(1, packed, 2)
+    assert k.shape == (3, 2, 3, 4) and torch.equal(k[:, :, :2], keys)
+    assert torch.equal(k[:, :, 2], packed[:, :8].view(3, 2, 4)) and torch.equal(v[:, :, 2], packed[:, 8:].view(3, 2, 4))
+    before = cache.read(1, 3)[0].clone()
+    cache.reorder(torch.tensor([2, 2, 0]), 3)
+    assert torch.equal(cache.read(1, 3)[0], before[[2, 2, 0]])
+    cache.keep_rows(torch.tensor([False, True, True]))
+    assert torch.equal(cache.read(1, 3)[0], before[[2, 0]])
+    k, _ = cache.write(1, torch.ones(2, 2, 1, 4), torch.ones(2, 2, 1, 4), 3)  # the views follow the new buffers
+    assert k.shape == (2, 2, 4, 4) and bool((k[:, :, 3] == 1).all())

@@ -21,7 +21,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import StochasticWeightAveraging
+from lightning.pytorch.callbacks import EMAWeightAveraging, StochasticWeightAveraging
 from lightning.pytorch.utilities.warnings import PossibleUserWarning
 from PIL import Image
 from torch import Tensor, nn
@@ -116,6 +116,24 @@ def positive_number(key: str, value: Any, kind: type = int) -> Any:
     return kind(value)
 
 
+EMA_KEYS = ('decay', 'start_step')
+
+
+def ema_callback(ema: Mapping[str, Any]) -> EMAWeightAveraging:
+    """Lightning's EMA weight averaging for ``model.ema`` (``{decay, start_step}``): validation and every checkpoint
+    see the averaged weights, a resumed run goes on from the raw ones."""
+    unknown = set(ema) - set(EMA_KEYS)
+    if unknown:
+        raise ValueError(f'model.ema has unknown keys {sorted(unknown)}; valid: {list(EMA_KEYS)}')
+    decay = float(ema.get('decay', 0.999))
+    if not 0.0 < decay < 1.0:
+        raise ValueError(f'model.ema.decay must lie between 0 and 1 (e.g. 0.999), got {decay}')
+    start = int(ema.get('start_step', 0))
+    if start < 0:
+        raise ValueError(f'model.ema.start_step must be >= 0, got {start}')
+    return EMAWeightAveraging(decay=decay, update_starting_at_step=start)
+
+
 def scaled_lr(base_lr: float, batch_size: int, devices: int = 1, accumulate: int = 1) -> float:
     """The LR scaling rule: ``lr * sqrt(devices) * batch_size / 256 * accumulate``."""
     return base_lr * math.sqrt(devices) * batch_size / 256.0 * accumulate
@@ -137,6 +155,8 @@ class BaseSystem(pl.LightningModule):
         scheduler: ``{name: onecycle|cosine_warm_restarts|cosine|constant, ...}``.
         scale_lr: apply the LR scaling rule (off for optimisers like Adadelta whose lr is not a step size).
         swa: ``{swa_lrs: ..., swa_epoch_start: ...}`` to enable stochastic weight averaging, or None.
+        ema: ``{decay: 0.999, start_step: 0}`` to validate, checkpoint and ship an exponential moving average of the
+            weights (updated every step from ``start_step``; training goes on from the raw weights), or None.
         preprocess: image preprocessing preset the model expects (see :class:`strhub.data.preprocess.Preprocess`).
     """
 
@@ -168,6 +188,7 @@ class BaseSystem(pl.LightningModule):
         scale_lr: bool = True,
         swa: Mapping[str, Any] | None = None,
         preprocess: Mapping[str, Any] | None = None,
+        ema: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -179,6 +200,8 @@ class BaseSystem(pl.LightningModule):
         ]
         if missing:
             raise TypeError(f'{type(self).__name__} must implement {missing} (see BaseSystem)')
+        if ema:
+            ema_callback(ema)  # a wrong ema section fails here, before any data is set up
         self.tokenizer = self.build_tokenizer()
         self.max_label_length = positive_number('model.max_label_length', max_label_length)
         self.batch_size = positive_number('model.batch_size', batch_size)
@@ -190,6 +213,20 @@ class BaseSystem(pl.LightningModule):
         # shows; nan_strategy='disable' would do that too but also drops the weights (torchmetrics 1.9).
         self.val_loss_mean = MeanMetric(nan_strategy=math.nan)
         self.model: nn.Module
+
+    def build_model(self, model_class: type[nn.Module], arch: Mapping[str, Any], **fixed: Any) -> nn.Module:
+        """``model_class(**fixed, **arch)``: the network from the config's ``model.arch`` section plus what the
+        system fixes itself (class counts and special ids from its tokenizer, the image size ...). An ``arch`` key
+        the constructor does not take, or one the system fixes, is a ValueError naming it and the valid keys."""
+        arch = dict(arch)
+        check_kwargs(model_class, arch, 'model.arch')
+        fixed_here = sorted(set(arch) & set(fixed))
+        if fixed_here:
+            raise ValueError(
+                f'model.arch.{fixed_here[0]} is set from the model config / tokenizer by {type(self).__name__} '
+                f'(as are {sorted(fixed)}); remove it from model.arch'
+            )
+        return model_class(**fixed, **arch)
 
     def build_tokenizer(self) -> Tokenizer:
         """The system's tokenizer, built once, at construction: :attr:`tokenizer_class` over the training charset.
@@ -365,9 +402,12 @@ class BaseSystem(pl.LightningModule):
         checkpoint[SYSTEM_KEY] = registry.system_name(type(self))
 
     def configure_callbacks(self):
-        if not self.hparams.swa:
-            return []
-        return [StochasticWeightAveraging(**dict(self.hparams.swa))]
+        callbacks = []
+        if self.hparams.swa:
+            callbacks.append(StochasticWeightAveraging(**dict(self.hparams.swa)))
+        if self.hparams.get('ema'):
+            callbacks.append(ema_callback(self.hparams.ema))
+        return callbacks
 
 
 class CrossEntropySystem(BaseSystem):

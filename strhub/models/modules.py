@@ -7,7 +7,11 @@ with ``strict=True``.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from functools import partial
 
+import torch
+from timm.layers import PatchEmbed
+from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
 # ResNet-45 (Shi et al., ASTER; Fang et al., ABINet): blocks per stage and the stride of each stage's first block.
@@ -25,6 +29,124 @@ def check_images(images: Tensor, img_size: Sequence[int]) -> None:
             f'expected images of shape (N, 3, {img_size[0]}, {img_size[1]}), got '
             f"{tuple(images.shape)}; resize them with the model's preprocessing preset"
         )
+
+
+def check_patch_grid(img_size: Sequence[int], patch_size: Sequence[int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``(img_size, patch_size)`` as tuples; a clear error unless both are (height, width) and the patch divides the
+    image."""
+    img_size, patch_size = tuple(img_size), tuple(patch_size)
+    if len(img_size) != 2 or len(patch_size) != 2:
+        raise ValueError(f'img_size {img_size} and patch_size {patch_size} must both be (height, width)')
+    if any(i % p for i, p in zip(img_size, patch_size, strict=True)):
+        raise ValueError(
+            f'img_size {img_size} is not a multiple of patch_size {patch_size}; '
+            'pick a patch size that divides the image height and width'
+        )
+    return img_size, patch_size
+
+
+class ViTEncoder(nn.Module):
+    """The ViT image encoder of PARSeq, ViTSTR, MGP-STR and TrOCR: patch embedding, optional prefix tokens (a class
+    token; DeiT adds a distillation token), learned position embedding, pre-LN timm blocks, optional final norm.
+
+    Parameter names are timm's (``patch_embed``, ``cls_token``, ``dist_token``, ``pos_embed``, ``blocks``, ``norm``),
+    which the published files of all four use: a model that is a ViT plus a head subclasses this (as timm's DeiT
+    subclasses its ViT) and keeps its keys at the top level; a model with an encoder part holds one.
+
+    Args:
+        img_size, patch_size: (height, width) of the input and of a patch; the patch must divide the image.
+        embed_dim, depth, num_heads, mlp_ratio: Transformer sizes.
+        qkv_bias: biases on the query/key/value projections.
+        prefix_tokens: 0 (no class token), 1 (class token) or 2 (class and distillation tokens), placed first.
+        norm_eps: LayerNorm epsilon (1e-6 is the ViT convention most published weights were trained with).
+        final_norm: a LayerNorm after the last block.
+        drop_path_rate: stochastic depth of the last block, increasing linearly from 0 over the blocks.
+    """
+
+    def __init__(
+        self,
+        img_size: Sequence[int],
+        patch_size: Sequence[int],
+        embed_dim: int,
+        depth: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        qkv_bias: bool = True,
+        prefix_tokens: int = 0,
+        norm_eps: float = 1e-6,
+        final_norm: bool = True,
+        drop_path_rate: float = 0.0,
+    ) -> None:
+        super().__init__()
+        img_size, patch_size = check_patch_grid(img_size, patch_size)
+        if prefix_tokens not in (0, 1, 2):
+            raise ValueError(
+                f'prefix_tokens must be 0, 1 (class token) or 2 (class + distillation), got {prefix_tokens}'
+            )
+        if embed_dim % num_heads:
+            raise ValueError(f'embed_dim {embed_dim} is not a multiple of num_heads {num_heads}')
+        self.img_size = img_size
+        self.grid_size = (img_size[0] // patch_size[0], img_size[1] // patch_size[1])
+        self.num_prefix_tokens = prefix_tokens
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans=3, embed_dim=embed_dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if prefix_tokens >= 1 else None
+        self.dist_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if prefix_tokens == 2 else None
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + prefix_tokens, embed_dim))
+        norm_layer = partial(nn.LayerNorm, eps=norm_eps)
+        drop_path = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        self.blocks = nn.Sequential(
+            *(
+                Block(embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, drop_path=dp, norm_layer=norm_layer)
+                for dp in drop_path
+            )
+        )
+        self.norm = norm_layer(embed_dim) if final_norm else None
+
+    def init_vit_weights(self, cls_std: float = 0.02, cls_truncated: bool = True) -> None:
+        """The ViT/DeiT initialisation: position embedding and class token from a (truncated) normal, every linear
+        layer of this module (heads of a subclass included) truncated-normal with zero bias; convolutions and norms
+        keep PyTorch's defaults."""
+        nn.init.trunc_normal_(self.pos_embed, std=0.02)
+        if self.cls_token is not None:
+            (nn.init.trunc_normal_ if cls_truncated else nn.init.normal_)(self.cls_token, std=cls_std)
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of parameters that should not be weight-decayed (positional parameters and prefix tokens)."""
+        return {'pos_embed'} | {name for name in ('cls_token', 'dist_token') if getattr(self, name) is not None}
+
+    def forward_features(self, images: Tensor) -> Tensor:
+        """(N, 3, H, W) images -> (N, prefix_tokens + num_patches, embed_dim) tokens, the prefix token(s) first."""
+        x = self.patch_embed(images)
+        prefix = [t for t in (self.cls_token, self.dist_token) if t is not None]
+        if prefix:
+            x = torch.cat([t.expand(x.shape[0], -1, -1) for t in prefix] + [x], dim=1)
+        x = self.blocks(x + self.pos_embed)
+        return x if self.norm is None else self.norm(x)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return self.forward_features(images)
+
+    def freeze(self, num_blocks: int) -> None:
+        """Stops gradients to the embeddings (patch, prefix tokens, positions) and the first ``num_blocks`` blocks;
+        ``num_blocks`` = depth freezes the final norm too (the whole encoder)."""
+        depth = len(self.blocks)
+        if not 0 <= num_blocks <= depth:
+            raise ValueError(f'cannot freeze {num_blocks} encoder blocks: the encoder has {depth} (use 0..{depth})')
+        if num_blocks == 0:
+            return
+        frozen: list[nn.Module | nn.Parameter] = [self.patch_embed, self.pos_embed]
+        frozen += [t for t in (self.cls_token, self.dist_token) if t is not None]
+        frozen += list(self.blocks[:num_blocks]) + (
+            [self.norm] if num_blocks == depth and self.norm is not None else []
+        )
+        for item in frozen:
+            for p in item.parameters() if isinstance(item, nn.Module) else [item]:
+                p.requires_grad_(False)
 
 
 def init_weights(module: nn.Module, skip: Iterable[nn.Module] = ()) -> None:

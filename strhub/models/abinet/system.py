@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from strhub.models.abinet.model import ABINet
-from strhub.models.base import CrossEntropySystem, check_kwargs
+from strhub.models.base import CrossEntropySystem
 from strhub.models.modules import init_weights
 from strhub.models.registry import register_system
 
@@ -71,14 +71,14 @@ class ABINetSystem(CrossEntropySystem):
         super().__init__(img_size=img_size, max_label_length=max_label_length, **kwargs)
         if not 0.0 <= vision_pretrain_fraction <= 1.0:
             raise ValueError(f'vision_pretrain_fraction must be in [0, 1], got {vision_pretrain_fraction}')
-        check_kwargs(ABINet, arch, 'model.arch')
         tok = self.tokenizer
-        self.model = ABINet(
+        self.model = self.build_model(
+            ABINet,
+            arch,
             num_classes=len(tok.charset) + 1,  # EOS + charset; the head never predicts BOS or padding
             max_label_length=max_label_length,
             eos_id=tok.eos_id,
             img_size=tuple(img_size),
-            **dict(arch),
         )
         self.l_lr = l_lr
         self.loss_weights = {'vision': v_loss_weight, 'language': l_loss_weight, 'alignment': a_loss_weight}

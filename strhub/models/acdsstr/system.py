@@ -12,7 +12,7 @@ from torch import Tensor
 
 from strhub.models.acdsstr.masks import core_area_masks
 from strhub.models.acdsstr.model import ACDSSTR
-from strhub.models.base import CrossEntropySystem, check_kwargs
+from strhub.models.base import CrossEntropySystem
 from strhub.models.registry import register_system
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,6 @@ class ACDSSTRSystem(CrossEntropySystem):
         **kwargs: Any,
     ) -> None:
         super().__init__(img_size=img_size, max_label_length=max_label_length, **kwargs)
-        check_kwargs(ACDSSTR, arch, 'model.arch')
         if mask_loss_weight < 0:
             raise ValueError(f'mask_loss_weight must be >= 0, got {mask_loss_weight}')
         if not 0.0 < mask_shrink <= 1.0:
@@ -61,8 +60,8 @@ class ACDSSTRSystem(CrossEntropySystem):
         self.mask_pos_weight = mask_pos_weight
         self.img_size = tuple(img_size)
         # The head predicts [E] and the charset, never [B] or padding.
-        self.model = ACDSSTR(
-            num_classes=len(self.tokenizer) - 2, max_label_length=max_label_length, img_size=img_size, **dict(arch)
+        self.model = self.build_model(
+            ACDSSTR, arch, num_classes=len(self.tokenizer) - 2, max_label_length=max_label_length, img_size=img_size
         )
         # Without guidance the mask head learns from boxes only: batches without boxes leave it without gradient.
         self.ddp_find_unused_parameters = self.model.guide_block is None and self.model.predicts_mask

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from strhub.models.base import CTCSystem, check_kwargs
+from strhub.models.base import CTCSystem
 from strhub.models.crnn.model import CRNN
 from strhub.models.registry import register_system
 
@@ -22,5 +22,4 @@ class CRNNSystem(CTCSystem):
 
     def __init__(self, arch: Mapping[str, Any], img_size: Sequence[int] = (32, 128), **kwargs: Any) -> None:
         super().__init__(img_size=img_size, **kwargs)
-        check_kwargs(CRNN, arch, 'model.arch')
-        self.model = CRNN(num_classes=len(self.tokenizer), img_size=tuple(img_size), **dict(arch))
+        self.model = self.build_model(CRNN, arch, num_classes=len(self.tokenizer), img_size=tuple(img_size))

@@ -6,12 +6,12 @@ Parameter names follow Hugging Face's ``Qwen2Model`` (``embed_tokens``, ``layers
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
+
+from strhub.models.decoding import KeyValueCache
 
 
 class RMSNorm(nn.Module):
@@ -32,15 +32,6 @@ def rotate_half(x: Tensor) -> Tensor:
     return torch.cat((-second, first), dim=-1)
 
 
-@dataclass
-class KVCache:
-    """Per-layer keys and values, (N, kv_heads, capacity, head_dim), and how many positions are filled."""
-
-    keys: list[Tensor]
-    values: list[Tensor]
-    length: int = 0
-
-
 class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int, num_kv_heads: int, head_dim: int) -> None:
         super().__init__()
@@ -50,7 +41,9 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(dim, num_kv_heads * head_dim)
         self.o_proj = nn.Linear(num_heads * head_dim, dim, bias=False)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None, layer: int = 0) -> Tensor:
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, cache: KeyValueCache | None = None, layer: int = 0
+    ) -> Tensor:
         """(N, T, dim) -> (N, T, dim); with a cache, the T new positions follow the ``cache.length`` cached ones."""
         n, t, _ = x.shape
         q = self.q_proj(x).view(n, t, self.num_heads, self.head_dim).transpose(1, 2)
@@ -61,10 +54,7 @@ class Attention(nn.Module):
         causal = bool(t > 1)  # a Python bool even when traced (fvcore)
         if cache is not None:
             start = cache.length
-            cache.keys[layer][:, :, start : start + t] = k
-            cache.values[layer][:, :, start : start + t] = v
-            k = cache.keys[layer][:, :, : start + t]
-            v = cache.values[layer][:, :, : start + t]
+            k, v = cache.write(layer, k, v, start)
             # A prefill after cached positions would need an offset causal mask; decoding feeds one token.
             if causal and start:
                 raise ValueError('only the first call on a cache may feed more than one position')
@@ -91,7 +81,9 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(dim, eps)
         self.mlp = SwiGLU(dim, mlp_dim)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVCache | None = None, layer: int = 0) -> Tensor:
+    def forward(
+        self, x: Tensor, cos: Tensor, sin: Tensor, cache: KeyValueCache | None = None, layer: int = 0
+    ) -> Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache, layer)
         return x + self.mlp(self.post_attention_layernorm(x))
 
@@ -146,13 +138,10 @@ class QwenDecoder(nn.Module):
         angles = torch.cat((angles, angles), dim=-1)
         return angles.cos().to(dtype), angles.sin().to(dtype)
 
-    def new_cache(self, batch_size: int, capacity: int, like: Tensor) -> KVCache:
-        shape = (batch_size, self.num_kv_heads, capacity, self.head_dim)
-        keys = [like.new_empty(shape) for _ in self.layers]
-        values = [like.new_empty(shape) for _ in self.layers]
-        return KVCache(keys, values)
+    def new_cache(self, batch_size: int, capacity: int, like: Tensor) -> KeyValueCache:
+        return KeyValueCache(len(self.layers), batch_size, self.num_kv_heads, capacity, self.head_dim, like)
 
-    def forward(self, embeds: Tensor, cache: KVCache | None = None) -> Tensor:
+    def forward(self, embeds: Tensor, cache: KeyValueCache | None = None) -> Tensor:
         """(N, T, dim) input embeddings -> (N, T, dim) final hidden states. With a cache, positions continue from
         ``cache.length`` and the cache advances by T."""
         start = cache.length if cache is not None else 0

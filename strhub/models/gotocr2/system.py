@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor
 
-from strhub.models.base import BaseSystem, check_kwargs
+from strhub.models.base import BaseSystem
 from strhub.models.gotocr2.model import GotOcr2
 from strhub.models.gotocr2.prompts import build_prompt
 from strhub.models.gotocr2.tokenizer import IGNORE_INDEX, GotOcr2Tokenizer
@@ -53,23 +53,20 @@ class GotOcr2System(BaseSystem):
     ) -> None:
         super().__init__(img_size=img_size, max_label_length=max_label_length, **kwargs)
         arch = dict(arch)
-        check_kwargs(GotOcr2, arch, 'model.arch')
-        for key in ('img_size', 'max_label_length', 'image_token_id', 'stop_ids'):
-            if key in arch:
-                raise ValueError(f'model.arch.{key} is set from the model config / tokenizer; remove it from arch')
         vocab_size = arch.pop('vocab_size', None) or len(self.tokenizer)
         if vocab_size < len(self.tokenizer):
             raise ValueError(
                 f'model.arch.vocab_size {vocab_size} is smaller than the tokenizer ({len(self.tokenizer)} tokens); '
                 'raise it or set it to null'
             )
-        self.model = GotOcr2(
-            vocab_size,
-            max_label_length,
-            img_size,
+        self.model = self.build_model(
+            GotOcr2,
+            arch,
+            vocab_size=vocab_size,
+            max_label_length=max_label_length,
+            img_size=img_size,
             image_token_id=self.tokenizer.image_token_id,
             stop_ids=self.tokenizer.stop_ids,
-            **arch,
         )
         self.model.set_prompt(
             self.tokenizer.text_ids(build_prompt(self.model.num_image_tokens, with_format=with_format))

@@ -15,15 +15,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 import torch.nn.functional as F
-from timm.layers import PatchEmbed
-from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from strhub.models.modules import check_images
+from strhub.models.modules import ViTEncoder, check_images
 
 HEADS = ('char', 'bpe', 'wordpiece')
 
@@ -97,8 +94,9 @@ class A3Module(nn.Module):
         return self.norm(slots), weights
 
 
-class MGPSTR(nn.Module):
-    """The MGP-STR network.
+class MGPSTR(ViTEncoder):
+    """The MGP-STR network: a :class:`~strhub.models.modules.ViTEncoder` with a class token and no final norm, three
+    A³ modules and their heads.
 
     Args:
         num_classes: head -> classes (``char``, ``bpe``, ``wordpiece``).
@@ -132,61 +130,34 @@ class MGPSTR(nn.Module):
         a3_groups: int = 8,
         a3_norm_eps: float = 1e-5,
     ) -> None:
-        super().__init__()
-        img_size, patch_size = tuple(img_size), tuple(patch_size)
-        if len(img_size) != 2 or len(patch_size) != 2:
-            raise ValueError(f'img_size {img_size} and patch_size {patch_size} must both be (height, width)')
-        if any(i % p for i, p in zip(img_size, patch_size, strict=True)):
-            raise ValueError(
-                f'img_size {img_size} is not a multiple of patch_size {patch_size}; pick a patch size that divides '
-                'the image height and width'
-            )
         if sorted(num_classes) != sorted(HEADS):
             raise ValueError(f'num_classes must give the classes of the heads {list(HEADS)}; got {dict(num_classes)}')
         if max_label_length < 1:
             raise ValueError(f'max_label_length must be >= 1, got {max_label_length}')
-        if embed_dim % num_heads:
-            raise ValueError(f'embed_dim {embed_dim} is not a multiple of num_heads {num_heads}')
-        self.img_size = img_size
-        self.grid_size = (img_size[0] // patch_size[0], img_size[1] // patch_size[1])
+        super().__init__(
+            img_size,
+            patch_size,
+            embed_dim,
+            depth,
+            num_heads,
+            mlp_ratio,
+            qkv_bias=qkv_bias,
+            prefix_tokens=1,
+            norm_eps=norm_eps,
+            final_norm=False,
+            drop_path_rate=drop_path_rate,
+        )
         self.max_label_length = max_label_length
         self.num_slots = max_label_length + 2
-        num_patches = self.grid_size[0] * self.grid_size[1]
-
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans=3, embed_dim=embed_dim)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, embed_dim))
-        norm_layer = partial(nn.LayerNorm, eps=norm_eps)
-        drop_path = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linear from 0 to the rate
-        self.blocks = nn.Sequential(
-            *(
-                Block(embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, drop_path=dp, norm_layer=norm_layer)
-                for dp in drop_path
-            )
-        )
         self.a3 = nn.ModuleDict({h: A3Module(embed_dim, self.num_slots, a3_groups, a3_norm_eps) for h in HEADS})
         self.heads = nn.ModuleDict({h: nn.Linear(embed_dim, num_classes[h]) for h in HEADS})
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        # timm's ViT initialisation for the encoder and the classifiers (the A³ modules initialise themselves).
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        nn.init.trunc_normal_(self.cls_token, std=0.02)
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                nn.init.zeros_(module.bias)
-
-    def no_weight_decay(self) -> set[str]:
-        """Names of parameters that should not be weight-decayed (positional parameters and the class token)."""
-        return {'pos_embed', 'cls_token'}
+        # timm's ViT initialisation for the encoder and every linear layer (the A³ modules' included).
+        self.init_vit_weights()
 
     def encode(self, images: Tensor) -> Tensor:
         """(N, 3, H, W) images -> (N, 1 + num_patches, embed_dim) tokens, the class token first (no final norm)."""
         check_images(images, self.img_size)
-        x = self.patch_embed(images)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
-        return self.blocks(x)
+        return self.forward_features(images)
 
     def num_read_slots(self, max_length: int | None) -> int:
         """Slots read for labels of up to ``max_length`` characters (all slots when None)."""

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
-from strhub.models.base import BaseSystem, check_kwargs
+from strhub.models.base import BaseSystem
 from strhub.models.mgpstr.model import HEADS, MGPSTR, MGPSTROutput
 from strhub.models.mgpstr.tokenizer import (
     CharSlotTokenizer,
@@ -97,14 +97,15 @@ class MGPSTRSystem(BaseSystem):
         **kwargs: Any,
     ) -> None:
         super().__init__(img_size=img_size, max_label_length=max_label_length, **kwargs)
-        check_kwargs(MGPSTR, arch, 'model.arch')
         self.vocab_specs = {
             'bpe': SubwordVocabSpec.from_mapping(bpe, 'bpe').resolve('bpe'),
             'wordpiece': SubwordVocabSpec.from_mapping(wordpiece, 'wordpiece').resolve('wordpiece'),
         }
         self._subword: dict[str, SubwordTokenizer] = {}
         num_classes = {'char': len(self.tokenizer), **{h: int(s.size) for h, s in self.vocab_specs.items()}}
-        self.model = MGPSTR(num_classes, max_label_length, img_size=tuple(img_size), **dict(arch))
+        self.model = self.build_model(
+            MGPSTR, arch, num_classes=num_classes, max_label_length=max_label_length, img_size=tuple(img_size)
+        )
 
     # -- vocabularies -------------------------------------------------------------------------------------------
 

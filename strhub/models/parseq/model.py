@@ -16,66 +16,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from functools import partial
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from timm.layers import PatchEmbed
-from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from strhub.models.decoding import EarlyStopping, all_ended, cut_after_latest_first_eos
-from strhub.models.modules import check_images
+from strhub.models.decoding import EarlyStopping, KeyValueCache, all_ended, cut_after_latest_first_eos
+from strhub.models.modules import ViTEncoder, check_images
 
 # Per decoder layer, the (keys, values) of a sequence, each (N, num_heads, S, head_dim).
 LayerKeyValues = list[tuple[Tensor, Tensor]]
 
 
-class ViTEncoder(nn.Module):
-    """Plain ViT without a class token: patch embedding + learned position embedding, pre-LN blocks, final norm.
+class StepWeights(NamedTuple):
+    """A decoder layer's projection weights (weight, bias) for cached decoding (:meth:`Decoder.step_weights`)."""
 
-    Args:
-        img_size: (height, width) of the input.
-        patch_size: (height, width) of a patch; must divide ``img_size``.
-    """
-
-    def __init__(
-        self,
-        img_size: Sequence[int],
-        patch_size: Sequence[int],
-        embed_dim: int,
-        depth: int,
-        num_heads: int,
-        mlp_ratio: float,
-    ) -> None:
-        super().__init__()
-        img_size, patch_size = tuple(img_size), tuple(patch_size)
-        if len(img_size) != 2 or len(patch_size) != 2:
-            raise ValueError(f'img_size {img_size} and patch_size {patch_size} must both be (height, width)')
-        if any(i % p for i, p in zip(img_size, patch_size, strict=True)):
-            raise ValueError(
-                f'img_size {img_size} is not a multiple of patch_size {patch_size}; '
-                'pick a patch size that divides the image height and width'
-            )
-        self.img_size = img_size
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans=3, embed_dim=embed_dim)
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches, embed_dim))
-        # eps=1e-6 is the ViT convention the published weights were trained with.
-        norm_layer = partial(nn.LayerNorm, eps=1e-6)
-        self.blocks = nn.Sequential(
-            *(Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer) for _ in range(depth))
-        )
-        self.norm = norm_layer(embed_dim)
-        nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        for module in self.blocks.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                nn.init.zeros_(module.bias)
-
-    def forward(self, images: Tensor) -> Tensor:
-        """(N, 3, H, W) images -> (N, num_patches, embed_dim) features."""
-        x = self.patch_embed(images) + self.pos_embed
-        return self.norm(self.blocks(x))
+    key_value: tuple[Tensor, Tensor]
+    query: tuple[Tensor, Tensor]
+    cross_query: tuple[Tensor, Tensor]
 
 
 class TokenEmbedding(nn.Module):
@@ -111,20 +70,33 @@ class MultiheadAttention(nn.Module):
         self.out_proj = nn.Linear(embed_dim, embed_dim)
         nn.init.xavier_uniform_(self.in_proj_weight)
 
-    def project_query(self, x: Tensor) -> Tensor:
-        """(N, L, D) -> (N, num_heads, L, head_dim)."""
+    def query_weights(self) -> tuple[Tensor, Tensor]:
+        """The query projection's weight and bias (views into ``in_proj_*``): a decoding loop takes them once for all
+        its steps."""
         d = self.embed_dim
-        q = F.linear(x, self.in_proj_weight[:d], self.in_proj_bias[:d])
+        return self.in_proj_weight[:d], self.in_proj_bias[:d]
+
+    def key_value_weights(self) -> tuple[Tensor, Tensor]:
+        """The packed key/value projection's weight and bias (views into ``in_proj_*``)."""
+        d = self.embed_dim
+        return self.in_proj_weight[d:], self.in_proj_bias[d:]
+
+    def project_query(self, x: Tensor, weights: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """(N, L, D) -> (N, num_heads, L, head_dim); one position as (N, D) rows -> (N, num_heads, 1, head_dim).
+        ``weights``: :meth:`query_weights`, when the caller has them already."""
+        q = F.linear(x, *(weights or self.query_weights()))
+        if x.dim() == 2:
+            return q.view(x.shape[0], self.num_heads, 1, -1)
         return q.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
 
     def project_key_value(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(N, S, D) -> keys and values, each (N, num_heads, S, head_dim)."""
         return self.split_key_value(self.project_packed_key_value(x))
 
-    def project_packed_key_value(self, x: Tensor) -> Tensor:
-        """(..., D) -> (..., 2D): keys then values, heads not yet split (the layout of the decoding cache)."""
-        d = self.embed_dim
-        return F.linear(x, self.in_proj_weight[d:], self.in_proj_bias[d:])
+    def project_packed_key_value(self, x: Tensor, weights: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """(..., D) -> (..., 2D): keys then values, heads not yet split (the layout of the decoding cache).
+        ``weights``: :meth:`key_value_weights`, when the caller has them already."""
+        return F.linear(x, *(weights or self.key_value_weights()))
 
     def split_key_value(self, packed: Tensor) -> tuple[Tensor, Tensor]:
         """(N, S, 2D) packed keys and values -> keys and values, each an (N, num_heads, S, head_dim) view."""
@@ -132,14 +104,15 @@ class MultiheadAttention(nn.Module):
         kv = packed.unflatten(-1, (2, self.num_heads, -1)).permute(2, 0, 3, 1, 4)
         return kv[0], kv[1]
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None = None) -> Tensor:
-        """Projected q (N, H, L, d_h), k and v (N, H, S, d_h) -> (N, L, D) output.
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None = None, rows: bool = False) -> Tensor:
+        """Projected q (N, H, L, d_h), k and v (N, H, S, d_h) -> (N, L, D) output; with ``rows`` (one query
+        position, L = 1), (N, D).
 
         ``allowed``: boolean, broadcastable to (N, H, L, S), True where a query may attend to a key.
         """
         dropout = self.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)
-        return self.out_proj(out.transpose(1, 2).flatten(2))
+        return self.out_proj(out.view(out.shape[0], -1) if rows else out.transpose(1, 2).flatten(2))
 
 
 class DecoderLayer(nn.Module):
@@ -162,8 +135,9 @@ class DecoderLayer(nn.Module):
         self.dropout = dropout
 
     def _drop(self, x: Tensor) -> Tensor:
-        # Functional dropout: a module call per use is measurable overhead in single-image decoding.
-        return F.dropout(x, self.dropout, self.training)
+        # Functional dropout, and none at all in eval mode: a call per use is measurable overhead in single-image
+        # decoding.
+        return F.dropout(x, self.dropout, True) if self.training and self.dropout else x
 
     def forward_stream(
         self,
@@ -172,24 +146,27 @@ class DecoderLayer(nn.Module):
         content_kv: tuple[Tensor, Tensor],
         memory_kv: tuple[Tensor, Tensor],
         allowed: Tensor | None,
+        cross_query_weights: tuple[Tensor, Tensor] | None = None,
     ) -> Tensor:
         """One stream through the layer.
 
         Args:
-            x: (N, L, D) stream input.
+            x: (N, L, D) stream input, or (N, D) rows: one position per sequence (cached decoding).
             self_query: (N, H, L, d_h) its self-attention queries, ``self_attn.project_query`` of the stream's
                 normalised input (``norm_q`` for the query stream, ``norm_c`` for the content stream); projected by
                 the caller, which can share or precompute them.
             content_kv: self-attention keys and values of the normalised content, (N, H, S, d_h) each.
             memory_kv: cross-attention keys and values of the image memory, (N, H, S_mem, d_h) each.
             allowed: self-attention mask, True where a query may attend (see :meth:`MultiheadAttention.attend`).
+            cross_query_weights: ``cross_attn.query_weights()``, when the caller took them once for many steps.
 
         Returns:
-            (N, L, D).
+            (N, L, D), or (N, D) for rows.
         """
-        x = x + self._drop(self.self_attn.attend(self_query, *content_kv, allowed))
-        q = self.cross_attn.project_query(self.norm1(x))
-        x = x + self._drop(self.cross_attn.attend(q, *memory_kv))
+        rows = x.dim() == 2
+        x = x + self._drop(self.self_attn.attend(self_query, *content_kv, allowed, rows))
+        q = self.cross_attn.project_query(self.norm1(x), cross_query_weights)
+        x = x + self._drop(self.cross_attn.attend(q, *memory_kv, rows=rows))
         hidden = self._drop(F.gelu(self.linear1(self.norm2(x))))
         return x + self._drop(self.linear2(hidden))
 
@@ -233,10 +210,20 @@ class Decoder(nn.Module):
         first = self.layers[0]
         return first.self_attn.project_query(first.norm_q(query))
 
-    def new_cache(self, batch_size: int, max_steps: int, like: Tensor) -> list[Tensor]:
-        """Empty per-layer content key/value buffers for :meth:`forward_step`: (N, max_steps, 2D) each, a position's
-        keys and values packed in one row, so that a step writes its projection with a single copy."""
-        return [like.new_empty(batch_size, max_steps, 2 * layer.self_attn.embed_dim) for layer in self.layers]
+    def new_cache(self, batch_size: int, max_steps: int, like: Tensor) -> KeyValueCache:
+        """Empty content key/value buffers of every layer for :meth:`forward_step`."""
+        attn = self.layers[0].self_attn
+        head_dim = attn.embed_dim // attn.num_heads
+        return KeyValueCache(len(self.layers), batch_size, attn.num_heads, max_steps, head_dim, like)
+
+    def step_weights(self) -> list[StepWeights]:
+        """Per layer, the projection weights :meth:`forward_step` uses, taken once for all the steps of a decoding."""
+        return [
+            StepWeights(
+                layer.self_attn.key_value_weights(), layer.self_attn.query_weights(), layer.cross_attn.query_weights()
+            )
+            for layer in self.layers
+        ]
 
     def forward_step(
         self,
@@ -244,41 +231,43 @@ class Decoder(nn.Module):
         first_self_query: Tensor,
         content: Tensor,
         memory_kv: LayerKeyValues,
-        cache: list[Tensor],
+        cache: KeyValueCache,
         position: int,
+        weights: Sequence[StepWeights] | None = None,
     ) -> Tensor:
         """One left-to-right decoding step with cached content keys/values.
 
         With left-to-right context, position i of either stream sees content 0..i only, so earlier positions never
-        change once computed: only the new position runs through the layers and its content keys/values are written
-        into ``cache`` in place. Training uses :meth:`PARSeq.decode` (teacher forcing) instead.
+        change once computed: only the new position runs through the layers (:meth:`DecoderLayer.forward_stream`,
+        the same arithmetic as training), and its content keys/values are written into ``cache``. Training uses
+        :meth:`PARSeq.decode` (teacher forcing) instead.
 
         Args:
-            query: (N, 1, D) query for ``position``.
+            query: (N, D) query for ``position``.
             first_self_query: (N, H, 1, d_h) its first-layer self-attention query (:meth:`project_first_queries`).
-            content: (N, 1, D) embedded context token at ``position``.
-            cache: buffers from :meth:`new_cache`, filled for positions < ``position``.
+            content: (N, D) embedded context token at ``position``.
+            cache: from :meth:`new_cache`, filled for positions < ``position``.
+            weights: :meth:`step_weights`, taken once by the caller for all steps (else taken here).
 
         Returns:
-            (N, 1, D) normalised query output.
+            (N, D) normalised query output.
         """
         last = len(self.layers) - 1
-        end = position + 1
         query_q = first_self_query
-        for i, layer in enumerate(self.layers):
+        for i, (layer, w) in enumerate(zip(self.layers, weights or self.step_weights(), strict=True)):
             attn = layer.self_attn
             content_norm = layer.norm_c(content)
-            cache[i][:, position : position + 1] = attn.project_packed_key_value(content_norm)
-            content_kv = attn.split_key_value(cache[i][:, :end])
+            content_kv = cache.write_packed(i, attn.project_packed_key_value(content_norm, w.key_value), position)
             if i > 0:
-                query_q = attn.project_query(layer.norm_q(query))
+                query_q = attn.project_query(layer.norm_q(query), w.query)
             if i == last:
-                query = layer.forward_stream(query, query_q, content_kv, memory_kv[i], None)
+                query = layer.forward_stream(query, query_q, content_kv, memory_kv[i], None, w.cross_query)
             else:
                 # Both streams see exactly content 0..position here, so one pass serves both.
-                both_q = torch.cat([query_q, attn.project_query(content_norm)], dim=2)
-                both = layer.forward_stream(torch.cat([query, content], dim=1), both_q, content_kv, memory_kv[i], None)
-                query, content = both.split(1, dim=1)
+                both_q = torch.cat([query_q, attn.project_query(content_norm, w.query)], dim=2)
+                both = torch.stack([query, content], 1)
+                both = layer.forward_stream(both, both_q, content_kv, memory_kv[i], None, w.cross_query)
+                query, content = both[:, 0], both[:, 1]
         return self.norm(query)
 
 
@@ -352,7 +341,9 @@ class PARSeq(EarlyStopping, nn.Module):
         self.refine_iters = refine_iters
         self.use_cache = use_cache
 
+        # A plain ViT without a class token.
         self.encoder = ViTEncoder(img_size, patch_size, embed_dim, enc_depth, enc_num_heads, enc_mlp_ratio)
+        self.encoder.init_vit_weights()
         self.decoder = Decoder(embed_dim, dec_num_heads, embed_dim * dec_mlp_ratio, dec_depth, dropout)
         self.head = nn.Linear(embed_dim, num_tokens - 2)
         self.text_embed = TokenEmbedding(num_tokens, embed_dim)
@@ -484,89 +475,32 @@ class PARSeq(EarlyStopping, nn.Module):
         return torch.cat(logits, dim=1)
 
     def _decode_ar_cached(self, memory: Tensor, memory_kv: LayerKeyValues, num_steps: int, stop_early: bool) -> Tensor:
-        """Left-to-right greedy decoding that computes one new position per step (see :meth:`Decoder.forward_step`)."""
+        """Left-to-right greedy decoding that computes one new position per step (see :meth:`Decoder.forward_step`).
+
+        What does not depend on the decoded characters is taken once, before the loop: the position queries and
+        their first-layer self-attention queries, the token embedding table. At batch 1 on a CPU a step is a
+        handful of matrix-vector products, so per-step fixed costs are a large share of its time."""
         check_every = self.eos_check_every(memory.device)
-        if len(self.decoder.layers) == 1 and not self.training and self._float_linears():
-            return self._decode_ar_one_layer(memory_kv[0], num_steps, stop_early, check_every)
         n = memory.shape[0]
         cache = self.decoder.new_cache(n, num_steps, memory)
-        logits = memory.new_empty(n, num_steps, self.head.out_features)
-        token = torch.full((n, 1), self.bos_id, dtype=torch.long, device=memory.device)
+        token = torch.full((n,), self.bos_id, dtype=torch.long, device=memory.device)
         ended = torch.zeros(n, dtype=torch.bool, device=memory.device)
-        queries = F.dropout(self.pos_queries[:, :num_steps], self.dropout, self.training)
-        first_self_queries = self.decoder.project_first_queries(queries).expand(n, -1, -1, -1)
-        queries = queries.expand(n, -1, -1)
-        for i in range(num_steps):
-            content = self.text_embed(token)
-            if i > 0:
-                content = content + self.pos_queries[:, i - 1 : i]
-            content = F.dropout(content, self.dropout, self.training)
-            out = self.decoder.forward_step(
-                queries[:, i : i + 1], first_self_queries[:, :, i : i + 1], content, memory_kv, cache, i
-            )
-            logits[:, i : i + 1] = self.head(out)
-            if i + 1 < num_steps:
-                token = logits[:, i : i + 1].argmax(-1)
-                if stop_early:
-                    ended |= token[:, 0] == self.eos_id
-                    if all_ended(ended, i, check_every):
-                        return cut_after_latest_first_eos(logits[:, : i + 1], self.eos_id)
-        return logits
-
-    def _float_linears(self) -> bool:
-        """Whether the decoder's linear layers are plain float ones (not, e.g., dynamically quantised modules, whose
-        ``weight`` is a method): :meth:`_decode_ar_one_layer` reads their parameters directly."""
-        layer = self.decoder.layers[0]
-        linears = (layer.self_attn.out_proj, layer.cross_attn.out_proj, layer.linear1, layer.linear2, self.head)
-        return all(isinstance(module.weight, Tensor) for module in linears)
-
-    def _decode_ar_one_layer(
-        self, memory_kv: tuple[Tensor, Tensor], num_steps: int, stop_early: bool, check_every: int
-    ) -> Tensor:
-        """:meth:`_decode_ar_cached` for the published one-layer decoder in eval mode, the same arithmetic written for
-        the per-step loop: (N, D) rows instead of (N, 1, D) sequences, functional calls on the parameters, weight
-        slices, position terms and views taken once before the loop, and the step's keys/values projected straight
-        into the cache. At batch 1 on a CPU the step is a handful of matrix-vector products, so the other ops' fixed
-        cost is a large share of its time. No dropout: eval mode only.
-        """
-        layer, final_norm, head = self.decoder.layers[0], self.decoder.norm, self.head
-        self_attn, cross = layer.self_attn, layer.cross_attn
-        n, num_heads, _, head_dim = memory_kv[0].shape
-        d = num_heads * head_dim
-        shape = (d,)
-        norm_c, norm1, norm2 = layer.norm_c, layer.norm1, layer.norm2
-        kv_weight, kv_bias = self_attn.in_proj_weight[d:].t(), self_attn.in_proj_bias[d:]
-        q_weight, q_bias = cross.in_proj_weight[:d], cross.in_proj_bias[:d]
-        out_weight = self_attn.out_proj.weight.t()
-        cross_out, linear1, linear2 = cross.out_proj, layer.linear1, layer.linear2
-        # The query stream's input is its position query, so its first residual term and self-attention query are
-        # the same for every image.
-        queries = self.pos_queries[0, :num_steps]
-        residual = queries + self_attn.out_proj.bias
-        self_queries = self.decoder.project_first_queries(queries[None]).expand(n, -1, -1, -1)
+        positions = self.pos_queries[0, :num_steps]
+        queries = F.dropout(positions, self.dropout, self.training).expand(n, -1, -1)
+        first_self_queries = self.decoder.project_first_queries(queries[:1]).expand(n, -1, -1, -1)
         embeddings = self.text_embed.table()
-        cache = self.decoder.new_cache(n, num_steps, memory_kv[0])[0]
-        keys, values = self_attn.split_key_value(cache)
-        token = torch.full((n,), self.bos_id, dtype=torch.long, device=cache.device)
-        ended = torch.zeros(n, dtype=torch.bool, device=cache.device)
+        weights = self.decoder.step_weights()
         logits = []
         for i in range(num_steps):
             # Context token i: BOS, then the character at position i - 1 with that position's query (_embed_context).
-            content = embeddings[token] if i == 0 else embeddings[token] + queries[i - 1]
-            content = F.layer_norm(content, shape, norm_c.weight, norm_c.bias, norm_c.eps)
-            cache[:, i] = torch.addmm(kv_bias, content, kv_weight)
+            content = embeddings[token] if i == 0 else embeddings[token] + positions[i - 1]
+            if self.training:
+                content = F.dropout(content, self.dropout, True)
             end = i + 1
-            attended = F.scaled_dot_product_attention(self_queries[:, :, i:end], keys[:, :, :end], values[:, :, :end])
-            x = torch.addmm(residual[i], attended.view(n, d), out_weight)
-            q = F.linear(F.layer_norm(x, shape, norm1.weight, norm1.bias, norm1.eps), q_weight, q_bias)
-            attended = F.scaled_dot_product_attention(q.view(n, num_heads, 1, head_dim), *memory_kv)
-            x = x + F.linear(attended.view(n, d), cross_out.weight, cross_out.bias)
-            hidden = F.gelu(
-                F.linear(F.layer_norm(x, shape, norm2.weight, norm2.bias, norm2.eps), linear1.weight, linear1.bias)
+            out = self.decoder.forward_step(
+                queries[:, i], first_self_queries[:, :, i:end], content, memory_kv, cache, i, weights
             )
-            x = x + F.linear(hidden, linear2.weight, linear2.bias)
-            x = F.layer_norm(x, shape, final_norm.weight, final_norm.bias, final_norm.eps)
-            logits.append(F.linear(x, head.weight, head.bias))
+            logits.append(self.head(out))
             if end < num_steps:
                 token = logits[-1].argmax(-1)
                 if stop_early:

@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import Tensor
 
-from strhub.models.base import CrossEntropySystem, check_kwargs
+from strhub.models.base import CrossEntropySystem
 from strhub.models.parseq.model import PARSeq
 from strhub.models.parseq.permutation import plm_loss
 from strhub.models.registry import register_system
@@ -39,21 +39,21 @@ class PARSeqSystem(CrossEntropySystem):
         **kwargs: Any,
     ) -> None:
         super().__init__(img_size=img_size, max_label_length=max_label_length, **kwargs)
-        check_kwargs(PARSeq, arch, 'model.arch')
         # model.decode_ar / model.refine_iters, the reference implementation's names, override model.arch's.
         arch = {
             **dict(arch),
             **{k: v for k, v in (('decode_ar', decode_ar), ('refine_iters', refine_iters)) if v is not None},
         }
         tok = self.tokenizer
-        self.model = PARSeq(
+        self.model = self.build_model(
+            PARSeq,
+            arch,
             num_tokens=len(tok),
             max_label_length=max_label_length,
             img_size=tuple(img_size),
             bos_id=tok.bos_id,
             eos_id=tok.eos_id,
             pad_id=tok.pad_id,
-            **dict(arch),
         )
         self.perm_num = perm_num
         self.perm_forward = perm_forward

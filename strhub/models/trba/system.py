@@ -8,7 +8,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor
 
-from strhub.models.base import CrossEntropySystem, CTCSystem, check_kwargs
+from strhub.models.base import CrossEntropySystem, CTCSystem
 from strhub.models.registry import register_system
 from strhub.models.trba.model import TRBA, TRBC
 
@@ -35,15 +35,15 @@ class TRBASystem(CrossEntropySystem):
         **kwargs: Any,
     ) -> None:
         super().__init__(img_size=img_size, max_label_length=max_label_length, **kwargs)
-        check_kwargs(TRBA, arch, 'model.arch')
         tok = self.tokenizer
-        self.model = TRBA(
+        self.model = self.build_model(
+            TRBA,
+            arch,
             num_classes=len(tok),
             max_label_length=max_label_length,
             bos_id=tok.bos_id,
             eos_id=tok.eos_id,
             img_size=tuple(img_size),
-            **dict(arch),
         )
 
     def training_loss(self, images: Tensor, labels: list[str]) -> Tensor:
@@ -65,5 +65,4 @@ class TRBCSystem(CTCSystem):
 
     def __init__(self, arch: Mapping[str, Any], img_size: Sequence[int] = (32, 128), **kwargs: Any) -> None:
         super().__init__(img_size=img_size, **kwargs)
-        check_kwargs(TRBC, arch, 'model.arch')
-        self.model = TRBC(num_classes=len(self.tokenizer), img_size=tuple(img_size), **dict(arch))
+        self.model = self.build_model(TRBC, arch, num_classes=len(self.tokenizer), img_size=tuple(img_size))

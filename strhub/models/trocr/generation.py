@@ -123,7 +123,7 @@ def greedy_search(
             # included), which costs about one step's memory traffic and saves every later step's work on them.
             keep = (~ended).nonzero()[:, 0]
             rows, token, ended = rows[keep], token[keep], ended[keep]
-            cache = [(k[keep], v[keep]) for k, v in cache]
+            cache.keep_rows(keep)
             memory_kv = [(k[keep], v[keep]) for k, v in memory_kv]
     logits = None if logits is None else logits[:, :steps]
     return Generation(tokens[:, :steps], log_probs[:, :steps], logits)
@@ -188,9 +188,7 @@ def beam_search(
         seqs, seq_log_probs = _gather_beams(cand_seqs, keep), _gather_beams(cand_log_probs, keep)
         token = ids.gather(1, keep).view(-1, 1)
         parents = (beam_offsets + source.gather(1, keep)).view(-1)
-        for keys, values in cache:
-            keys[:, :, : t + 1] = keys[parents, :, : t + 1]
-            values[:, :, : t + 1] = values[parents, :, : t + 1]
+        cache.reorder(parents, t + 1)
         # The best score an unfinished beam can still reach: its current log-probability at the length that
         # normalises it most favourably.
         reach_length = num_steps if length_penalty > 0 else t + 1

@@ -18,16 +18,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from functools import partial
 
 import torch
 import torch.nn.functional as F
-from timm.layers import PatchEmbed
-from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 
-from strhub.models.decoding import EarlyStopping
-from strhub.models.modules import check_images, init_weights
+from strhub.models.decoding import EarlyStopping, KeyValueCache
+from strhub.models.modules import ViTEncoder, check_images, init_weights
 from strhub.models.trocr.generation import Generation, generate
 
 # Per decoder layer, keys and values, each (N, num_heads, S, head_dim).
@@ -36,82 +33,6 @@ LayerKeyValues = list[tuple[Tensor, Tensor]]
 ACTIVATIONS = {'gelu': F.gelu, 'relu': F.relu}
 # Learned decoder positions are looked up at ``position + 2`` (a fairseq/BART convention the published weights keep).
 LEARNED_POSITION_OFFSET = 2
-
-
-def _check_image_grid(img_size: tuple[int, ...], patch_size: tuple[int, ...]) -> None:
-    if len(img_size) != 2 or len(patch_size) != 2:
-        raise ValueError(f'img_size {img_size} and patch_size {patch_size} must both be (height, width)')
-    if any(i % p for i, p in zip(img_size, patch_size, strict=True)):
-        raise ValueError(
-            f'img_size {img_size} is not a multiple of patch_size {patch_size}; '
-            'pick a patch size that divides the image height and width'
-        )
-
-
-class ImageEncoder(nn.Module):
-    """ViT / DeiT image encoder: patch embedding, prefix token(s), learned position embedding, pre-LN blocks, norm.
-
-    Parameter names are timm's (those of the original TrOCR checkpoints' ``encoder.deit.*``).
-
-    Args:
-        img_size, patch_size: (height, width) of the input and of a patch; the patch must divide the image.
-        embed_dim, depth, num_heads, mlp_ratio: Transformer sizes.
-        qkv_bias: biases on the query/key/value projection (DeiT: yes; the BEiT-initialised ViTs of trocr-base and
-            trocr-large: no).
-        distilled: DeiT layout, a distillation token after the class token.
-        norm_eps: LayerNorm epsilon (1e-12 in the published Hugging Face configs).
-    """
-
-    def __init__(
-        self,
-        img_size: Sequence[int],
-        patch_size: Sequence[int],
-        embed_dim: int,
-        depth: int,
-        num_heads: int,
-        mlp_ratio: float,
-        qkv_bias: bool,
-        distilled: bool,
-        norm_eps: float,
-    ) -> None:
-        super().__init__()
-        img_size, patch_size = tuple(img_size), tuple(patch_size)
-        _check_image_grid(img_size, patch_size)
-        if embed_dim % num_heads:
-            raise ValueError(f'enc_embed_dim {embed_dim} is not divisible by enc_num_heads {num_heads}')
-        self.img_size = img_size
-        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans=3, embed_dim=embed_dim)
-        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
-        self.dist_token = nn.Parameter(torch.zeros(1, 1, embed_dim)) if distilled else None
-        self.num_prefix_tokens = 2 if distilled else 1
-        self.pos_embed = nn.Parameter(torch.zeros(1, self.patch_embed.num_patches + self.num_prefix_tokens, embed_dim))
-        norm_layer = partial(nn.LayerNorm, eps=norm_eps)
-        self.blocks = nn.Sequential(
-            *(Block(embed_dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, norm_layer=norm_layer) for _ in range(depth))
-        )
-        self.norm = norm_layer(embed_dim)
-
-    def forward(self, images: Tensor) -> Tensor:
-        """(N, 3, H, W) images -> (N, prefix + num_patches, embed_dim) tokens, the prefix token(s) first."""
-        x = self.patch_embed(images)
-        prefix = [self.cls_token] if self.dist_token is None else [self.cls_token, self.dist_token]
-        x = torch.cat([t.expand(x.shape[0], -1, -1) for t in prefix] + [x], dim=1) + self.pos_embed
-        return self.norm(self.blocks(x))
-
-    def freeze(self, num_blocks: int) -> None:
-        """Stops gradients to the embeddings (patch, prefix tokens, positions) and the first ``num_blocks`` blocks;
-        ``num_blocks`` = depth freezes the final norm too (the whole encoder)."""
-        depth = len(self.blocks)
-        if not 0 <= num_blocks <= depth:
-            raise ValueError(f'cannot freeze {num_blocks} encoder blocks: the encoder has {depth} (use 0..{depth})')
-        if num_blocks == 0:
-            return
-        frozen: list[nn.Module | nn.Parameter] = [self.patch_embed, self.cls_token, self.pos_embed]
-        frozen += [self.dist_token] if self.dist_token is not None else []
-        frozen += list(self.blocks[:num_blocks]) + ([self.norm] if num_blocks == depth else [])
-        for item in frozen:
-            for p in item.parameters() if isinstance(item, nn.Module) else [item]:
-                p.requires_grad_(False)
 
 
 def _split_heads(x: Tensor, num_heads: int) -> Tensor:
@@ -211,14 +132,14 @@ class DecoderLayer(nn.Module):
         x = self.self_attn_norm(x + self._drop(self.self_attn.attend(q, k, v, causal=True)))
         return self._cross_and_feed_forward(x, memory_kv)
 
-    def forward_step(self, x: Tensor, memory_kv: tuple[Tensor, Tensor], cache: tuple[Tensor, Tensor], position: int):
-        """One new position: (N, 1, D) -> (N, 1, D); its keys/values are written into ``cache`` at ``position``."""
+    def forward_step(
+        self, x: Tensor, memory_kv: tuple[Tensor, Tensor], cache: KeyValueCache, index: int, position: int
+    ) -> Tensor:
+        """One new position: (N, 1, D) -> (N, 1, D); its keys/values are written into layer ``index`` of ``cache``
+        at ``position``."""
         q, k, v = self.self_attn.project(x)
-        keys, values = cache
-        end = position + 1
-        keys[:, :, position:end] = k
-        values[:, :, position:end] = v
-        attended = self.self_attn.attend(q, keys[:, :, :end], values[:, :, :end], causal=False)
+        keys, values = cache.write(index, k, v, position)
+        attended = self.self_attn.attend(q, keys, values, causal=False)
         x = self.self_attn_norm(x + self._drop(attended))
         return self._cross_and_feed_forward(x, memory_kv)
 
@@ -331,21 +252,18 @@ class TextDecoder(nn.Module):
             x = layer(x, kv)
         return x
 
-    def new_cache(self, batch_size: int, max_steps: int, like: Tensor) -> LayerKeyValues:
-        """Empty per-layer self-attention key/value buffers, (N, H, max_steps, head_dim) each."""
-        cache = []
-        for layer in self.layers:
-            attn = layer.self_attn
-            shape = (batch_size, attn.num_heads, max_steps, attn.out_proj.in_features // attn.num_heads)
-            cache.append((like.new_empty(shape), like.new_empty(shape)))
-        return cache
+    def new_cache(self, batch_size: int, max_steps: int, like: Tensor) -> KeyValueCache:
+        """Empty self-attention key/value buffers for ``max_steps`` positions of every layer."""
+        attn = self.layers[0].self_attn
+        head_dim = attn.out_proj.in_features // attn.num_heads
+        return KeyValueCache(len(self.layers), batch_size, attn.num_heads, max_steps, head_dim, like)
 
-    def forward_step(self, tokens: Tensor, memory_kv: LayerKeyValues, cache: LayerKeyValues, position: int) -> Tensor:
+    def forward_step(self, tokens: Tensor, memory_kv: LayerKeyValues, cache: KeyValueCache, position: int) -> Tensor:
         """One decoding step: (N, 1) ids of decoder input ``position`` -> (N, 1, D). Earlier positions never change
         (causal attention), so only the new one runs through the layers, against the cached keys/values."""
         x = self.embed(tokens, position)
-        for layer, kv, layer_cache in zip(self.layers, memory_kv, cache, strict=True):
-            x = layer.forward_step(x, kv, layer_cache, position)
+        for i, (layer, kv) in enumerate(zip(self.layers, memory_kv, strict=True)):
+            x = layer.forward_step(x, kv, cache, i, position)
         return x
 
 
@@ -357,7 +275,7 @@ class TrOCR(EarlyStopping, nn.Module):
         max_length: longest token sequence decoded by default, EOS not counted (``forward(images)``).
         img_size, patch_size: (height, width) of the input image and of a patch.
         enc_embed_dim, enc_depth, enc_num_heads, enc_mlp_ratio, enc_qkv_bias, enc_distilled, enc_norm_eps:
-            see :class:`ImageEncoder`.
+            see :class:`~strhub.models.modules.ViTEncoder`.
         dec_embed_dim, dec_depth, dec_num_heads, dec_ffn_dim, max_positions, learned_positions, embed_norm,
             scale_embedding, activation, dropout, attention_dropout, activation_dropout: see :class:`TextDecoder`.
         tie_embeddings: the output projection shares the token embedding matrix.
@@ -418,16 +336,20 @@ class TrOCR(EarlyStopping, nn.Module):
         self.beam_size = beam_size
         self.length_penalty = length_penalty
 
-        self.encoder = ImageEncoder(
+        if enc_embed_dim % enc_num_heads:
+            raise ValueError(f'enc_embed_dim {enc_embed_dim} is not divisible by enc_num_heads {enc_num_heads}')
+        # ViT with a class token, or DeiT (class and distillation tokens); timm's names, as the original TrOCR
+        # checkpoints' encoder.deit.*.
+        self.encoder = ViTEncoder(
             img_size,
             patch_size,
             enc_embed_dim,
             enc_depth,
             enc_num_heads,
             enc_mlp_ratio,
-            enc_qkv_bias,
-            enc_distilled,
-            enc_norm_eps,
+            qkv_bias=enc_qkv_bias,
+            prefix_tokens=2 if enc_distilled else 1,
+            norm_eps=enc_norm_eps,
         )
         self.decoder = TextDecoder(
             vocab_size,

@@ -56,14 +56,13 @@ class TrOCRSystem(CrossEntropySystem):
         **kwargs: Any,
     ) -> None:
         super().__init__(img_size=img_size, max_label_length=max_label_length, **kwargs)
-        check_kwargs(TrOCR, arch, 'model.arch')
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f'label_smoothing must be in [0, 1), got {label_smoothing}')
         # null token ids in an overlay of the sub-word base config mean "not set" (char experiments).
         arch = {k: v for k, v in dict(arch).items() if not (k in _TOKEN_ARGS and v is None)}
         arch = {**self._token_args(arch), **arch}
         arch.setdefault('max_length', self._default_max_length(max_label_length))
-        self.model = TrOCR(img_size=tuple(img_size), **arch)
+        self.model = self.build_model(TrOCR, arch, img_size=tuple(img_size))
         self._check_tokenizer_matches_model()
         self.model.encoder.freeze(freeze_encoder_blocks)
         self.label_smoothing = label_smoothing

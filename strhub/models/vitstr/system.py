@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import Tensor
 
-from strhub.models.base import CrossEntropySystem, check_kwargs
+from strhub.models.base import CrossEntropySystem
 from strhub.models.registry import register_system
 from strhub.models.vitstr.model import ViTSTR
 
@@ -29,13 +29,13 @@ class ViTSTRSystem(CrossEntropySystem):
         **kwargs: Any,
     ) -> None:
         super().__init__(img_size=img_size, max_label_length=max_label_length, **kwargs)
-        check_kwargs(ViTSTR, arch, 'model.arch')
         # The head predicts EOS and the charset, never BOS or padding.
-        self.model = ViTSTR(
+        self.model = self.build_model(
+            ViTSTR,
+            arch,
             num_classes=len(self.tokenizer) - 2,
             max_label_length=max_label_length,
             img_size=tuple(img_size),
-            **dict(arch),
         )
 
     def training_loss(self, images: Tensor, labels: list[str]) -> Tensor:
