@@ -78,19 +78,49 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class LastCheckpoint(pl.Callback):
     """Rewrites ``<dirpath>/last.ckpt`` after every validation, every ``every_n_steps`` training steps and at least
     every ``every_minutes`` minutes of training (0 turns a trigger off), whether or not the model improved: a killed
-    run loses at most that much work."""
+    run loses at most that much work.
 
-    def __init__(self, dirpath: str | os.PathLike, every_n_steps: int = 0, every_minutes: float = 0.0) -> None:
-        if every_n_steps < 0 or every_minutes < 0:
+    Every checkpoint also records ``train_elapsed_s``, the wall-clock seconds of training so far (summed over resumed
+    sessions). With ``keep_every_minutes``, a copy is kept each time that much training time has passed, as
+    ``minute-<MMMM.mm>.ckpt``: the points of an accuracy-against-time curve (``tools/curve.py``).
+    """
+
+    def __init__(
+        self,
+        dirpath: str | os.PathLike,
+        every_n_steps: int = 0,
+        every_minutes: float = 0.0,
+        keep_every_minutes: float = 0.0,
+    ) -> None:
+        if every_n_steps < 0 or every_minutes < 0 or keep_every_minutes < 0:
             raise ValueError(
-                f'checkpoint.every_n_steps ({every_n_steps}) and checkpoint.every_minutes ({every_minutes}) must be '
-                '>= 0 (0 = off)'
+                f'checkpoint.every_n_steps ({every_n_steps}), checkpoint.every_minutes ({every_minutes}) and '
+                f'checkpoint.keep_every_minutes ({keep_every_minutes}) must be >= 0 (0 = off)'
             )
-        self.path = Path(dirpath) / LAST_NAME
+        self.dirpath = Path(dirpath)
+        self.path = self.dirpath / LAST_NAME
         self.every_n_steps = int(every_n_steps)
         self.every_seconds = float(every_minutes) * 60.0
+        self.keep_seconds = float(keep_every_minutes) * 60.0
         self._saved_step = -1
         self._saved_at = time.monotonic()
+        self._elapsed_before = 0.0  # training seconds of earlier sessions of this run (from the resumed checkpoint)
+        self._started = time.monotonic()
+        self._kept = 0  # how many keep_every_minutes marks have been saved
+
+    def elapsed(self) -> float:
+        """Wall-clock seconds of training in this run so far."""
+        return self._elapsed_before + time.monotonic() - self._started
+
+    def state_dict(self) -> dict[str, Any]:
+        return {'train_elapsed_s': self.elapsed(), 'kept': self._kept}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._elapsed_before = float(state_dict.get('train_elapsed_s', 0.0))
+        self._kept = int(state_dict.get('kept', 0))
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        checkpoint['train_elapsed_s'] = self.elapsed()
 
     def _save(self, trainer: pl.Trainer) -> None:
         if trainer.global_step == self._saved_step or trainer.sanity_checking or trainer.fast_dev_run:
@@ -100,14 +130,21 @@ class LastCheckpoint(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._saved_step, self._saved_at = trainer.global_step, time.monotonic()
+        self._started = time.monotonic()
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         due = self.every_n_steps > 0 and trainer.global_step % self.every_n_steps == 0
+        keep = self.keep_seconds > 0 and self.elapsed() >= (self._kept + 1) * self.keep_seconds
         if not due and self.every_seconds > 0:
             due = time.monotonic() - self._saved_at >= self.every_seconds
-            if trainer.world_size > 1:
-                # Saving is collective (a barrier): every rank must agree, and their clocks do not.
-                due = bool(trainer.strategy.broadcast(due, src=0))
+        if trainer.world_size > 1 and (self.every_seconds > 0 or self.keep_seconds > 0):
+            # Saving is collective (a barrier): every rank must agree, and their clocks do not.
+            due, keep = trainer.strategy.broadcast((due, keep), src=0)
+        if keep:
+            self._kept = int(self.elapsed() // self.keep_seconds)
+            minute = self._kept * self.keep_seconds / 60.0
+            # Full checkpoints: weights-only ones skip the callbacks' hooks (EMA weights, elapsed time).
+            trainer.save_checkpoint(self.dirpath / f'minute-{minute:07.2f}.ckpt', weights_only=False)
         if due:
             self._save(trainer)
 

@@ -97,7 +97,12 @@ def build_trainer(
         filename='epoch{epoch}-step{step}-acc{val_accuracy:.4f}-ned{val_NED:.4f}',
     )
     saving = cfg.get('checkpoint') or {}
-    last = LastCheckpoint(checkpoint_dir, saving.get('every_n_steps', 0), saving.get('every_minutes', 0.0))
+    last = LastCheckpoint(
+        checkpoint_dir,
+        saving.get('every_n_steps', 0),
+        saving.get('every_minutes', 0.0),
+        saving.get('keep_every_minutes', 0.0),
+    )
     logger = build_logger(trainer_cfg.pop('logger', cfg.get('logger', 'tensorboard')), run_dir)
     # The LR monitor writes to the logger; without one the learning rate is still in the progress lines.
     monitors = [LearningRateMonitor(logging_interval='step')] if logger else []
