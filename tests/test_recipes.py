@@ -101,3 +101,26 @@ def test_time_budget_schedule_anneals_by_time_and_resumes(monkeypatch):
     assert resumed(3) == pytest.approx(halfway, abs=1e-3)
     clock[0] += 30.0
     assert resumed(4) == pytest.approx(1e-3)  # budget spent: annealed to final_ratio
+
+
+@pytest.mark.parametrize(
+    'recipe, extra',
+    [
+        # The recipe's schedule follows the wall clock (time_budget_s); a step-based one makes it reproducible.
+        ('crnn-synth-cpu', ['model.scheduler.time_budget_s=null', 'data.num_workers=1']),
+        ('parseq-demo', ['data.num_workers=1']),
+    ],
+)
+def test_same_seed_and_command_give_identical_losses(recipe, extra, word_data, tmp_path):
+    from tests.conftest import LossRecorder
+
+    overrides = [f'+experiment={recipe}', *SHORT, 'trainer.max_steps=4', f'data.root_dir={word_data}', *extra]
+    if recipe == 'crnn-synth-cpu':
+        overrides.append('data.val_synthetic.size=4')
+    runs = []
+    for i in range(2):
+        recorder = LossRecorder()
+        train(compose_config(overrides), tmp_path / f'run{i}', callbacks=[recorder])
+        runs.append(recorder.losses)
+    assert len(runs[0]) == 4
+    assert runs[0] == runs[1]
