@@ -210,11 +210,12 @@ class Decoder(nn.Module):
         first = self.layers[0]
         return first.self_attn.project_query(first.norm_q(query))
 
-    def new_cache(self, batch_size: int, max_steps: int, like: Tensor) -> KeyValueCache:
-        """Empty content key/value buffers of every layer for :meth:`forward_step`."""
+    def new_cache(self, batch_size: int, max_steps: int, like: Tensor, out_of_place: bool = False) -> KeyValueCache:
+        """Empty content key/value buffers of every layer for :meth:`forward_step` (see :class:`KeyValueCache` for
+        ``out_of_place``)."""
         attn = self.layers[0].self_attn
         head_dim = attn.embed_dim // attn.num_heads
-        return KeyValueCache(len(self.layers), batch_size, attn.num_heads, max_steps, head_dim, like)
+        return KeyValueCache(len(self.layers), batch_size, attn.num_heads, max_steps, head_dim, like, out_of_place)
 
     def step_weights(self) -> list[StepWeights]:
         """Per layer, the projection weights :meth:`forward_step` uses, taken once for all the steps of a decoding."""
@@ -440,12 +441,12 @@ class PARSeq(EarlyStopping, nn.Module):
             raise ValueError(f'max_length must be >= 0, got {max_length}')
         num_steps = max_length + 1
         memory_kv = self.project_memory(memory) if self.use_cache else None
-        # The cached loops write each step's keys and values into a buffer in place, which autograd cannot
-        # differentiate through; with a gradient wanted (e.g. attribution, or a plain call without no_grad) decoding
-        # recomputes the prefix instead: the same logits, out of place.
+        # Cached decoding writes each step's keys and values into a buffer in place, which autograd cannot
+        # differentiate through; with a gradient wanted (e.g. attribution, or a plain call without no_grad) the
+        # cache grows out of place instead: the same logits.
         wants_grad = torch.is_grad_enabled() and (memory.requires_grad or self.pos_queries.requires_grad)
-        if self.decode_ar and self.use_cache and not wants_grad:
-            logits = self._decode_ar_cached(memory, memory_kv, num_steps, stop_early)
+        if self.decode_ar and self.use_cache:
+            logits = self._decode_ar_cached(memory, memory_kv, num_steps, stop_early, out_of_place=wants_grad)
         elif self.decode_ar:
             logits = self._decode_ar_recompute(memory, num_steps, stop_early)
         else:
@@ -457,7 +458,8 @@ class PARSeq(EarlyStopping, nn.Module):
         return logits
 
     def _decode_ar_recompute(self, memory: Tensor, num_steps: int, stop_early: bool) -> Tensor:
-        """The reference algorithm: step i re-runs the decoder on the whole prefix (and re-projects the memory)."""
+        """The reference algorithm, kept as the oracle of the cached loop (``use_cache=False``): step i re-runs the
+        decoder on the whole prefix (and re-projects the memory)."""
         n = memory.shape[0]
         causal = torch.ones(num_steps, num_steps, dtype=torch.bool, device=memory.device).triu(1)
         tgt = torch.full((n, num_steps), self.pad_id, dtype=torch.long, device=memory.device)
@@ -474,7 +476,9 @@ class PARSeq(EarlyStopping, nn.Module):
                     break
         return torch.cat(logits, dim=1)
 
-    def _decode_ar_cached(self, memory: Tensor, memory_kv: LayerKeyValues, num_steps: int, stop_early: bool) -> Tensor:
+    def _decode_ar_cached(
+        self, memory: Tensor, memory_kv: LayerKeyValues, num_steps: int, stop_early: bool, out_of_place: bool = False
+    ) -> Tensor:
         """Left-to-right greedy decoding that computes one new position per step (see :meth:`Decoder.forward_step`).
 
         What does not depend on the decoded characters is taken once, before the loop: the position queries and
@@ -482,7 +486,7 @@ class PARSeq(EarlyStopping, nn.Module):
         handful of matrix-vector products, so per-step fixed costs are a large share of its time."""
         check_every = self.eos_check_every(memory.device)
         n = memory.shape[0]
-        cache = self.decoder.new_cache(n, num_steps, memory)
+        cache = self.decoder.new_cache(n, num_steps, memory, out_of_place)
         token = torch.full((n,), self.bos_id, dtype=torch.long, device=memory.device)
         ended = torch.zeros(n, dtype=torch.bool, device=memory.device)
         positions = self.pos_queries[0, :num_steps]
