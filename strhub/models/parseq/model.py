@@ -29,12 +29,30 @@ from strhub.models.modules import ViTEncoder, check_images
 LayerKeyValues = list[tuple[Tensor, Tensor]]
 
 
-class StepWeights(NamedTuple):
-    """A decoder layer's projection weights (weight, bias) for cached decoding (:meth:`Decoder.step_weights`)."""
+class Projection(NamedTuple):
+    """A linear projection's transposed weight, (D_in, D_out), and bias: taken once for all the steps of a decoding,
+    then one ``addmm`` per use."""
 
-    key_value: tuple[Tensor, Tensor]
-    query: tuple[Tensor, Tensor]
-    cross_query: tuple[Tensor, Tensor]
+    weight_t: Tensor
+    bias: Tensor
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if x.dim() == 2:
+            return torch.addmm(self.bias, x, self.weight_t)
+        return torch.addmm(self.bias, x.flatten(0, -2), self.weight_t).unflatten(0, x.shape[:-1])
+
+
+class StepWeights(NamedTuple):
+    """A decoder layer's projections for cached decoding (:meth:`Decoder.step_weights`)."""
+
+    key_value: Projection
+    query: Projection
+    cross_query: Projection
+
+
+def _layer_norm(norm: nn.LayerNorm, x: Tensor) -> Tensor:
+    """``norm(x)`` without a module call (its fixed cost counts in one-position decoding steps)."""
+    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
 
 class TokenEmbedding(nn.Module):
@@ -81,10 +99,10 @@ class MultiheadAttention(nn.Module):
         d = self.embed_dim
         return self.in_proj_weight[d:], self.in_proj_bias[d:]
 
-    def project_query(self, x: Tensor, weights: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    def project_query(self, x: Tensor, projection: Projection | None = None) -> Tensor:
         """(N, L, D) -> (N, num_heads, L, head_dim); one position as (N, D) rows -> (N, num_heads, 1, head_dim).
-        ``weights``: :meth:`query_weights`, when the caller has them already."""
-        q = F.linear(x, *(weights or self.query_weights()))
+        ``projection``: the query projection taken once by the caller (:meth:`Decoder.step_weights`)."""
+        q = projection(x) if projection is not None else F.linear(x, *self.query_weights())
         if x.dim() == 2:
             return q.view(x.shape[0], self.num_heads, 1, -1)
         return q.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
@@ -93,10 +111,10 @@ class MultiheadAttention(nn.Module):
         """(N, S, D) -> keys and values, each (N, num_heads, S, head_dim)."""
         return self.split_key_value(self.project_packed_key_value(x))
 
-    def project_packed_key_value(self, x: Tensor, weights: tuple[Tensor, Tensor] | None = None) -> Tensor:
+    def project_packed_key_value(self, x: Tensor, projection: Projection | None = None) -> Tensor:
         """(..., D) -> (..., 2D): keys then values, heads not yet split (the layout of the decoding cache).
-        ``weights``: :meth:`key_value_weights`, when the caller has them already."""
-        return F.linear(x, *(weights or self.key_value_weights()))
+        ``projection``: the key/value projection taken once by the caller (:meth:`Decoder.step_weights`)."""
+        return projection(x) if projection is not None else F.linear(x, *self.key_value_weights())
 
     def split_key_value(self, packed: Tensor) -> tuple[Tensor, Tensor]:
         """(N, S, 2D) packed keys and values -> keys and values, each an (N, num_heads, S, head_dim) view."""
@@ -146,7 +164,7 @@ class DecoderLayer(nn.Module):
         content_kv: tuple[Tensor, Tensor],
         memory_kv: tuple[Tensor, Tensor],
         allowed: Tensor | None,
-        cross_query_weights: tuple[Tensor, Tensor] | None = None,
+        cross_query: Projection | None = None,
     ) -> Tensor:
         """One stream through the layer.
 
@@ -158,16 +176,16 @@ class DecoderLayer(nn.Module):
             content_kv: self-attention keys and values of the normalised content, (N, H, S, d_h) each.
             memory_kv: cross-attention keys and values of the image memory, (N, H, S_mem, d_h) each.
             allowed: self-attention mask, True where a query may attend (see :meth:`MultiheadAttention.attend`).
-            cross_query_weights: ``cross_attn.query_weights()``, when the caller took them once for many steps.
+            cross_query: the cross-attention query projection, when the caller took it once for many steps.
 
         Returns:
             (N, L, D), or (N, D) for rows.
         """
         rows = x.dim() == 2
         x = x + self._drop(self.self_attn.attend(self_query, *content_kv, allowed, rows))
-        q = self.cross_attn.project_query(self.norm1(x), cross_query_weights)
+        q = self.cross_attn.project_query(_layer_norm(self.norm1, x), cross_query)
         x = x + self._drop(self.cross_attn.attend(q, *memory_kv, rows=rows))
-        hidden = self._drop(F.gelu(self.linear1(self.norm2(x))))
+        hidden = self._drop(F.gelu(self.linear1(_layer_norm(self.norm2, x))))
         return x + self._drop(self.linear2(hidden))
 
 
@@ -221,7 +239,14 @@ class Decoder(nn.Module):
         """Per layer, the projection weights :meth:`forward_step` uses, taken once for all the steps of a decoding."""
         return [
             StepWeights(
-                layer.self_attn.key_value_weights(), layer.self_attn.query_weights(), layer.cross_attn.query_weights()
+                *(
+                    Projection(weight.t(), bias)
+                    for weight, bias in (
+                        layer.self_attn.key_value_weights(),
+                        layer.self_attn.query_weights(),
+                        layer.cross_attn.query_weights(),
+                    )
+                )
             )
             for layer in self.layers
         ]
@@ -257,10 +282,10 @@ class Decoder(nn.Module):
         query_q = first_self_query
         for i, (layer, w) in enumerate(zip(self.layers, weights or self.step_weights(), strict=True)):
             attn = layer.self_attn
-            content_norm = layer.norm_c(content)
+            content_norm = _layer_norm(layer.norm_c, content)
             content_kv = cache.write_packed(i, attn.project_packed_key_value(content_norm, w.key_value), position)
             if i > 0:
-                query_q = attn.project_query(layer.norm_q(query), w.query)
+                query_q = attn.project_query(_layer_norm(layer.norm_q, query), w.query)
             if i == last:
                 query = layer.forward_stream(query, query_q, content_kv, memory_kv[i], None, w.cross_query)
             else:
@@ -269,7 +294,7 @@ class Decoder(nn.Module):
                 both = torch.stack([query, content], 1)
                 both = layer.forward_stream(both, both_q, content_kv, memory_kv[i], None, w.cross_query)
                 query, content = both[:, 0], both[:, 1]
-        return self.norm(query)
+        return _layer_norm(self.norm, query)
 
 
 def _allowed_keys(blocked: Tensor | None, padding: Tensor | None) -> Tensor | None:
