@@ -16,43 +16,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from strhub.models.decoding import EarlyStopping, KeyValueCache, all_ended, cut_after_latest_first_eos
+from strhub.models.decoding import EarlyStopping, all_ended, cut_after_latest_first_eos
 from strhub.models.modules import ViTEncoder, check_images
 
 # Per decoder layer, the (keys, values) of a sequence, each (N, num_heads, S, head_dim).
 LayerKeyValues = list[tuple[Tensor, Tensor]]
-
-
-class Projection(NamedTuple):
-    """A linear projection's transposed weight, (D_in, D_out), and bias: taken once for all the steps of a decoding,
-    then one ``addmm`` per use."""
-
-    weight_t: Tensor
-    bias: Tensor
-
-    def __call__(self, x: Tensor) -> Tensor:
-        if x.dim() == 2:
-            return torch.addmm(self.bias, x, self.weight_t)
-        return torch.addmm(self.bias, x.flatten(0, -2), self.weight_t).unflatten(0, x.shape[:-1])
-
-
-class StepWeights(NamedTuple):
-    """A decoder layer's projections for cached decoding (:meth:`Decoder.step_weights`)."""
-
-    key_value: Projection
-    query: Projection
-    cross_query: Projection
-
-
-def _layer_norm(norm: nn.LayerNorm, x: Tensor) -> Tensor:
-    """``norm(x)`` without a module call (its fixed cost counts in one-position decoding steps)."""
-    return F.layer_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
 
 class TokenEmbedding(nn.Module):
@@ -88,33 +61,20 @@ class MultiheadAttention(nn.Module):
         self.out_proj = nn.Linear(embed_dim, embed_dim)
         nn.init.xavier_uniform_(self.in_proj_weight)
 
-    def query_weights(self) -> tuple[Tensor, Tensor]:
-        """The query projection's weight and bias (views into ``in_proj_*``): a decoding loop takes them once for all
-        its steps."""
+    def project_query(self, x: Tensor) -> Tensor:
+        """(N, L, D) -> (N, num_heads, L, head_dim)."""
         d = self.embed_dim
-        return self.in_proj_weight[:d], self.in_proj_bias[:d]
-
-    def key_value_weights(self) -> tuple[Tensor, Tensor]:
-        """The packed key/value projection's weight and bias (views into ``in_proj_*``)."""
-        d = self.embed_dim
-        return self.in_proj_weight[d:], self.in_proj_bias[d:]
-
-    def project_query(self, x: Tensor, projection: Projection | None = None) -> Tensor:
-        """(N, L, D) -> (N, num_heads, L, head_dim); one position as (N, D) rows -> (N, num_heads, 1, head_dim).
-        ``projection``: the query projection taken once by the caller (:meth:`Decoder.step_weights`)."""
-        q = projection(x) if projection is not None else F.linear(x, *self.query_weights())
-        if x.dim() == 2:
-            return q.view(x.shape[0], self.num_heads, 1, -1)
+        q = F.linear(x, self.in_proj_weight[:d], self.in_proj_bias[:d])
         return q.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
 
     def project_key_value(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(N, S, D) -> keys and values, each (N, num_heads, S, head_dim)."""
         return self.split_key_value(self.project_packed_key_value(x))
 
-    def project_packed_key_value(self, x: Tensor, projection: Projection | None = None) -> Tensor:
-        """(..., D) -> (..., 2D): keys then values, heads not yet split (the layout of the decoding cache).
-        ``projection``: the key/value projection taken once by the caller (:meth:`Decoder.step_weights`)."""
-        return projection(x) if projection is not None else F.linear(x, *self.key_value_weights())
+    def project_packed_key_value(self, x: Tensor) -> Tensor:
+        """(..., D) -> (..., 2D): keys then values, heads not yet split (the layout of the decoding cache)."""
+        d = self.embed_dim
+        return F.linear(x, self.in_proj_weight[d:], self.in_proj_bias[d:])
 
     def split_key_value(self, packed: Tensor) -> tuple[Tensor, Tensor]:
         """(N, S, 2D) packed keys and values -> keys and values, each an (N, num_heads, S, head_dim) view."""
@@ -122,15 +82,14 @@ class MultiheadAttention(nn.Module):
         kv = packed.unflatten(-1, (2, self.num_heads, -1)).permute(2, 0, 3, 1, 4)
         return kv[0], kv[1]
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None = None, rows: bool = False) -> Tensor:
-        """Projected q (N, H, L, d_h), k and v (N, H, S, d_h) -> (N, L, D) output; with ``rows`` (one query
-        position, L = 1), (N, D).
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None = None) -> Tensor:
+        """Projected q (N, H, L, d_h), k and v (N, H, S, d_h) -> (N, L, D) output.
 
         ``allowed``: boolean, broadcastable to (N, H, L, S), True where a query may attend to a key.
         """
         dropout = self.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)
-        return self.out_proj(out.view(out.shape[0], -1) if rows else out.transpose(1, 2).flatten(2))
+        return self.out_proj(out.transpose(1, 2).flatten(2))
 
 
 class DecoderLayer(nn.Module):
@@ -153,9 +112,8 @@ class DecoderLayer(nn.Module):
         self.dropout = dropout
 
     def _drop(self, x: Tensor) -> Tensor:
-        # Functional dropout, and none at all in eval mode: a call per use is measurable overhead in single-image
-        # decoding.
-        return F.dropout(x, self.dropout, True) if self.training and self.dropout else x
+        # Functional dropout: a module call per use is measurable overhead in single-image decoding.
+        return F.dropout(x, self.dropout, self.training)
 
     def forward_stream(
         self,
@@ -164,28 +122,25 @@ class DecoderLayer(nn.Module):
         content_kv: tuple[Tensor, Tensor],
         memory_kv: tuple[Tensor, Tensor],
         allowed: Tensor | None,
-        cross_query: Projection | None = None,
     ) -> Tensor:
         """One stream through the layer.
 
         Args:
-            x: (N, L, D) stream input, or (N, D) rows: one position per sequence (cached decoding).
+            x: (N, L, D) stream input.
             self_query: (N, H, L, d_h) its self-attention queries, ``self_attn.project_query`` of the stream's
                 normalised input (``norm_q`` for the query stream, ``norm_c`` for the content stream); projected by
                 the caller, which can share or precompute them.
             content_kv: self-attention keys and values of the normalised content, (N, H, S, d_h) each.
             memory_kv: cross-attention keys and values of the image memory, (N, H, S_mem, d_h) each.
             allowed: self-attention mask, True where a query may attend (see :meth:`MultiheadAttention.attend`).
-            cross_query: the cross-attention query projection, when the caller took it once for many steps.
 
         Returns:
-            (N, L, D), or (N, D) for rows.
+            (N, L, D).
         """
-        rows = x.dim() == 2
-        x = x + self._drop(self.self_attn.attend(self_query, *content_kv, allowed, rows))
-        q = self.cross_attn.project_query(_layer_norm(self.norm1, x), cross_query)
-        x = x + self._drop(self.cross_attn.attend(q, *memory_kv, rows=rows))
-        hidden = self._drop(F.gelu(self.linear1(_layer_norm(self.norm2, x))))
+        x = x + self._drop(self.self_attn.attend(self_query, *content_kv, allowed))
+        q = self.cross_attn.project_query(self.norm1(x))
+        x = x + self._drop(self.cross_attn.attend(q, *memory_kv))
+        hidden = self._drop(F.gelu(self.linear1(self.norm2(x))))
         return x + self._drop(self.linear2(hidden))
 
 
@@ -228,28 +183,10 @@ class Decoder(nn.Module):
         first = self.layers[0]
         return first.self_attn.project_query(first.norm_q(query))
 
-    def new_cache(self, batch_size: int, max_steps: int, like: Tensor, out_of_place: bool = False) -> KeyValueCache:
-        """Empty content key/value buffers of every layer for :meth:`forward_step` (see :class:`KeyValueCache` for
-        ``out_of_place``)."""
-        attn = self.layers[0].self_attn
-        head_dim = attn.embed_dim // attn.num_heads
-        return KeyValueCache(len(self.layers), batch_size, attn.num_heads, max_steps, head_dim, like, out_of_place)
-
-    def step_weights(self) -> list[StepWeights]:
-        """Per layer, the projection weights :meth:`forward_step` uses, taken once for all the steps of a decoding."""
-        return [
-            StepWeights(
-                *(
-                    Projection(weight.t(), bias)
-                    for weight, bias in (
-                        layer.self_attn.key_value_weights(),
-                        layer.self_attn.query_weights(),
-                        layer.cross_attn.query_weights(),
-                    )
-                )
-            )
-            for layer in self.layers
-        ]
+    def new_cache(self, batch_size: int, max_steps: int, like: Tensor) -> list[Tensor]:
+        """Empty per-layer content key/value buffers for :meth:`forward_step`: (N, max_steps, 2D) each, a position's
+        keys and values packed in one row, so that a step writes its projection with a single copy."""
+        return [like.new_empty(batch_size, max_steps, 2 * layer.self_attn.embed_dim) for layer in self.layers]
 
     def forward_step(
         self,
@@ -257,44 +194,42 @@ class Decoder(nn.Module):
         first_self_query: Tensor,
         content: Tensor,
         memory_kv: LayerKeyValues,
-        cache: KeyValueCache,
+        cache: list[Tensor],
         position: int,
-        weights: Sequence[StepWeights] | None = None,
     ) -> Tensor:
         """One left-to-right decoding step with cached content keys/values.
 
         With left-to-right context, position i of either stream sees content 0..i only, so earlier positions never
-        change once computed: only the new position runs through the layers (:meth:`DecoderLayer.forward_stream`,
-        the same arithmetic as training), and its content keys/values are written into ``cache``. Training uses
-        :meth:`PARSeq.decode` (teacher forcing) instead.
+        change once computed: only the new position runs through the layers and its content keys/values are written
+        into ``cache`` in place. Training uses :meth:`PARSeq.decode` (teacher forcing) instead.
 
         Args:
-            query: (N, D) query for ``position``.
+            query: (N, 1, D) query for ``position``.
             first_self_query: (N, H, 1, d_h) its first-layer self-attention query (:meth:`project_first_queries`).
-            content: (N, D) embedded context token at ``position``.
-            cache: from :meth:`new_cache`, filled for positions < ``position``.
-            weights: :meth:`step_weights`, taken once by the caller for all steps (else taken here).
+            content: (N, 1, D) embedded context token at ``position``.
+            cache: buffers from :meth:`new_cache`, filled for positions < ``position``.
 
         Returns:
-            (N, D) normalised query output.
+            (N, 1, D) normalised query output.
         """
         last = len(self.layers) - 1
+        end = position + 1
         query_q = first_self_query
-        for i, (layer, w) in enumerate(zip(self.layers, weights or self.step_weights(), strict=True)):
+        for i, layer in enumerate(self.layers):
             attn = layer.self_attn
-            content_norm = _layer_norm(layer.norm_c, content)
-            content_kv = cache.write_packed(i, attn.project_packed_key_value(content_norm, w.key_value), position)
+            content_norm = layer.norm_c(content)
+            cache[i][:, position : position + 1] = attn.project_packed_key_value(content_norm)
+            content_kv = attn.split_key_value(cache[i][:, :end])
             if i > 0:
-                query_q = attn.project_query(_layer_norm(layer.norm_q, query), w.query)
+                query_q = attn.project_query(layer.norm_q(query))
             if i == last:
-                query = layer.forward_stream(query, query_q, content_kv, memory_kv[i], None, w.cross_query)
+                query = layer.forward_stream(query, query_q, content_kv, memory_kv[i], None)
             else:
                 # Both streams see exactly content 0..position here, so one pass serves both.
-                both_q = torch.cat([query_q, attn.project_query(content_norm, w.query)], dim=2)
-                both = torch.stack([query, content], 1)
-                both = layer.forward_stream(both, both_q, content_kv, memory_kv[i], None, w.cross_query)
-                query, content = both[:, 0], both[:, 1]
-        return _layer_norm(self.norm, query)
+                both_q = torch.cat([query_q, attn.project_query(content_norm)], dim=2)
+                both = layer.forward_stream(torch.cat([query, content], dim=1), both_q, content_kv, memory_kv[i], None)
+                query, content = both.split(1, dim=1)
+        return self.norm(query)
 
 
 def _allowed_keys(blocked: Tensor | None, padding: Tensor | None) -> Tensor | None:
@@ -466,12 +401,12 @@ class PARSeq(EarlyStopping, nn.Module):
             raise ValueError(f'max_length must be >= 0, got {max_length}')
         num_steps = max_length + 1
         memory_kv = self.project_memory(memory) if self.use_cache else None
-        # Cached decoding writes each step's keys and values into a buffer in place, which autograd cannot
-        # differentiate through; with a gradient wanted (e.g. attribution, or a plain call without no_grad) the
-        # cache grows out of place instead: the same logits.
+        # The cached loops write each step's keys and values into a buffer in place, which autograd cannot
+        # differentiate through; with a gradient wanted (e.g. attribution, or a plain call without no_grad) decoding
+        # recomputes the prefix instead: the same logits, out of place.
         wants_grad = torch.is_grad_enabled() and (memory.requires_grad or self.pos_queries.requires_grad)
-        if self.decode_ar and self.use_cache:
-            logits = self._decode_ar_cached(memory, memory_kv, num_steps, stop_early, out_of_place=wants_grad)
+        if self.decode_ar and self.use_cache and not wants_grad:
+            logits = self._decode_ar_cached(memory, memory_kv, num_steps, stop_early)
         elif self.decode_ar:
             logits = self._decode_ar_recompute(memory, num_steps, stop_early)
         else:
@@ -483,8 +418,7 @@ class PARSeq(EarlyStopping, nn.Module):
         return logits
 
     def _decode_ar_recompute(self, memory: Tensor, num_steps: int, stop_early: bool) -> Tensor:
-        """The reference algorithm, kept as the oracle of the cached loop (``use_cache=False``): step i re-runs the
-        decoder on the whole prefix (and re-projects the memory)."""
+        """The reference algorithm: step i re-runs the decoder on the whole prefix (and re-projects the memory)."""
         n = memory.shape[0]
         causal = torch.ones(num_steps, num_steps, dtype=torch.bool, device=memory.device).triu(1)
         tgt = torch.full((n, num_steps), self.pad_id, dtype=torch.long, device=memory.device)
@@ -501,35 +435,90 @@ class PARSeq(EarlyStopping, nn.Module):
                     break
         return torch.cat(logits, dim=1)
 
-    def _decode_ar_cached(
-        self, memory: Tensor, memory_kv: LayerKeyValues, num_steps: int, stop_early: bool, out_of_place: bool = False
-    ) -> Tensor:
-        """Left-to-right greedy decoding that computes one new position per step (see :meth:`Decoder.forward_step`).
-
-        What does not depend on the decoded characters is taken once, before the loop: the position queries and
-        their first-layer self-attention queries, the token embedding table. At batch 1 on a CPU a step is a
-        handful of matrix-vector products, so per-step fixed costs are a large share of its time."""
+    def _decode_ar_cached(self, memory: Tensor, memory_kv: LayerKeyValues, num_steps: int, stop_early: bool) -> Tensor:
+        """Left-to-right greedy decoding that computes one new position per step (see :meth:`Decoder.forward_step`)."""
         check_every = self.eos_check_every(memory.device)
+        if len(self.decoder.layers) == 1 and not self.training and self._float_linears():
+            return self._decode_ar_one_layer(memory_kv[0], num_steps, stop_early, check_every)
         n = memory.shape[0]
-        cache = self.decoder.new_cache(n, num_steps, memory, out_of_place)
-        token = torch.full((n,), self.bos_id, dtype=torch.long, device=memory.device)
+        cache = self.decoder.new_cache(n, num_steps, memory)
+        logits = memory.new_empty(n, num_steps, self.head.out_features)
+        token = torch.full((n, 1), self.bos_id, dtype=torch.long, device=memory.device)
         ended = torch.zeros(n, dtype=torch.bool, device=memory.device)
-        positions = self.pos_queries[0, :num_steps]
-        queries = F.dropout(positions, self.dropout, self.training).expand(n, -1, -1)
-        first_self_queries = self.decoder.project_first_queries(queries[:1]).expand(n, -1, -1, -1)
+        queries = F.dropout(self.pos_queries[:, :num_steps], self.dropout, self.training)
+        first_self_queries = self.decoder.project_first_queries(queries).expand(n, -1, -1, -1)
+        queries = queries.expand(n, -1, -1)
+        for i in range(num_steps):
+            content = self.text_embed(token)
+            if i > 0:
+                content = content + self.pos_queries[:, i - 1 : i]
+            content = F.dropout(content, self.dropout, self.training)
+            out = self.decoder.forward_step(
+                queries[:, i : i + 1], first_self_queries[:, :, i : i + 1], content, memory_kv, cache, i
+            )
+            logits[:, i : i + 1] = self.head(out)
+            if i + 1 < num_steps:
+                token = logits[:, i : i + 1].argmax(-1)
+                if stop_early:
+                    ended |= token[:, 0] == self.eos_id
+                    if all_ended(ended, i, check_every):
+                        return cut_after_latest_first_eos(logits[:, : i + 1], self.eos_id)
+        return logits
+
+    def _float_linears(self) -> bool:
+        """Whether the decoder's linear layers are plain float ones (not, e.g., dynamically quantised modules, whose
+        ``weight`` is a method): :meth:`_decode_ar_one_layer` reads their parameters directly."""
+        layer = self.decoder.layers[0]
+        linears = (layer.self_attn.out_proj, layer.cross_attn.out_proj, layer.linear1, layer.linear2, self.head)
+        return all(isinstance(module.weight, Tensor) for module in linears)
+
+    def _decode_ar_one_layer(
+        self, memory_kv: tuple[Tensor, Tensor], num_steps: int, stop_early: bool, check_every: int
+    ) -> Tensor:
+        """:meth:`_decode_ar_cached` for the published one-layer decoder in eval mode, the same arithmetic written for
+        the per-step loop: (N, D) rows instead of (N, 1, D) sequences, functional calls on the parameters, weight
+        slices, position terms and views taken once before the loop, and the step's keys/values projected straight
+        into the cache. At batch 1 on a CPU the step is a handful of matrix-vector products, so the other ops' fixed
+        cost is a large share of its time. No dropout: eval mode only.
+        """
+        layer, final_norm, head = self.decoder.layers[0], self.decoder.norm, self.head
+        self_attn, cross = layer.self_attn, layer.cross_attn
+        n, num_heads, _, head_dim = memory_kv[0].shape
+        d = num_heads * head_dim
+        shape = (d,)
+        norm_c, norm1, norm2 = layer.norm_c, layer.norm1, layer.norm2
+        kv_weight, kv_bias = self_attn.in_proj_weight[d:].t(), self_attn.in_proj_bias[d:]
+        q_weight, q_bias = cross.in_proj_weight[:d], cross.in_proj_bias[:d]
+        out_weight = self_attn.out_proj.weight.t()
+        cross_out, linear1, linear2 = cross.out_proj, layer.linear1, layer.linear2
+        # The query stream's input is its position query, so its first residual term and self-attention query are
+        # the same for every image.
+        queries = self.pos_queries[0, :num_steps]
+        residual = queries + self_attn.out_proj.bias
+        self_queries = self.decoder.project_first_queries(queries[None]).expand(n, -1, -1, -1)
         embeddings = self.text_embed.table()
-        weights = self.decoder.step_weights()
+        cache = self.decoder.new_cache(n, num_steps, memory_kv[0])[0]
+        keys, values = self_attn.split_key_value(cache)
+        token = torch.full((n,), self.bos_id, dtype=torch.long, device=cache.device)
+        ended = torch.zeros(n, dtype=torch.bool, device=cache.device)
         logits = []
         for i in range(num_steps):
             # Context token i: BOS, then the character at position i - 1 with that position's query (_embed_context).
-            content = embeddings[token] if i == 0 else embeddings[token] + positions[i - 1]
-            if self.training:
-                content = F.dropout(content, self.dropout, True)
+            content = embeddings[token] if i == 0 else embeddings[token] + queries[i - 1]
+            content = F.layer_norm(content, shape, norm_c.weight, norm_c.bias, norm_c.eps)
+            cache[:, i] = torch.addmm(kv_bias, content, kv_weight)
             end = i + 1
-            out = self.decoder.forward_step(
-                queries[:, i], first_self_queries[:, :, i:end], content, memory_kv, cache, i, weights
+            attended = F.scaled_dot_product_attention(self_queries[:, :, i:end], keys[:, :, :end], values[:, :, :end])
+            x = torch.addmm(residual[i], attended.view(n, d), out_weight)
+            q = F.linear(F.layer_norm(x, shape, norm1.weight, norm1.bias, norm1.eps), q_weight, q_bias)
+            attended = F.scaled_dot_product_attention(q.view(n, num_heads, 1, head_dim), *memory_kv)
+            x = x + F.linear(attended.view(n, d), cross_out.weight, cross_out.bias)
+            hidden = F.gelu(
+                F.linear(F.layer_norm(x, shape, norm2.weight, norm2.bias, norm2.eps), linear1.weight, linear1.bias)
             )
-            logits.append(self.head(out))
+            x = x + F.linear(hidden, linear2.weight, linear2.bias)
+            x = F.layer_norm(x, shape, final_norm.weight, final_norm.bias, final_norm.eps)
+            logits.append(F.linear(x, head.weight, head.bias))
             if end < num_steps:
                 token = logits[-1].argmax(-1)
                 if stop_early:
