@@ -132,12 +132,10 @@ def test_build_model_names_the_wrong_arch_key(arch, message):
                    lr=1e-3)  # fmt: skip
 
 
-@pytest.mark.parametrize('out_of_place', [False, True])
-def test_key_value_cache_writes_reads_reorders_and_drops_rows(out_of_place):
+def test_key_value_cache_writes_reads_reorders_and_drops_rows():
     from strhub.models.decoding import KeyValueCache
 
-    cache = KeyValueCache(2, batch_size=3, kv_heads=2, capacity=5, head_dim=4, like=torch.zeros(1),
-                          out_of_place=out_of_place)  # fmt: skip
+    cache = KeyValueCache(2, batch_size=3, kv_heads=2, capacity=5, head_dim=4, like=torch.zeros(1))
     keys, values = torch.randn(3, 2, 2, 4), torch.randn(3, 2, 2, 4)
     k, v = cache.write(1, keys, values, 0)  # positions 0 and 1 of layer 1
     assert torch.equal(k, keys) and torch.equal(v, values)

@@ -50,25 +50,12 @@ class KeyValueCache:
     (:meth:`write_packed`), or separate keys and values (:meth:`write`). ``keys[i]`` / ``values[i]`` are
     ``(N, kv_heads, capacity, head_dim)`` views of layer ``i``'s buffer, the layout of
     ``F.scaled_dot_product_attention``. ``length`` counts the filled positions for callers that advance it.
-
-    With ``out_of_place``, each write makes new tensors (the filled positions plus the new ones) instead of writing
-    into the buffers: autograd cannot go through keys that a later step overwrites in place, so decoding with a
-    gradient wanted (attribution, or a call without ``no_grad``) uses this, at the cost of a copy per step.
     """
 
     def __init__(
-        self,
-        num_layers: int,
-        batch_size: int,
-        kv_heads: int,
-        capacity: int,
-        head_dim: int,
-        like: Tensor,
-        out_of_place: bool = False,
+        self, num_layers: int, batch_size: int, kv_heads: int, capacity: int, head_dim: int, like: Tensor
     ) -> None:
-        self.out_of_place = out_of_place
-        size = 0 if out_of_place else capacity
-        self._use([like.new_empty(batch_size, size, 2, kv_heads, head_dim) for _ in range(num_layers)])
+        self._use([like.new_empty(batch_size, capacity, 2, kv_heads, head_dim) for _ in range(num_layers)])
         self.length = 0
 
     def _use(self, buffers: list[Tensor]) -> None:
@@ -80,8 +67,6 @@ class KeyValueCache:
         """Stores (N, kv_heads, T, head_dim) keys and values at positions ``start .. start + T - 1`` of ``layer``
         and returns its keys and values of positions ``0 .. start + T - 1``."""
         end = start + keys.shape[2]
-        if self.out_of_place:
-            return self._append(layer, torch.stack([keys, values], 2).transpose(1, 3), start)
         self.keys[layer][:, :, start:end] = keys
         self.values[layer][:, :, start:end] = values
         return self.read(layer, end)
@@ -91,20 +76,8 @@ class KeyValueCache:
         * head_dim) rows are one position."""
         buffer = self.buffers[layer]
         end = start + (1 if packed.dim() == 2 else packed.shape[1])
-        packed = packed.view(buffer.shape[0], end - start, *buffer.shape[2:])
-        if self.out_of_place:
-            return self._append(layer, packed, start)
-        buffer[:, start:end] = packed
+        buffer[:, start:end] = packed.view(buffer.shape[0], end - start, *buffer.shape[2:])
         return self.read(layer, end)
-
-    def _append(self, layer: int, positions: Tensor, start: int) -> tuple[Tensor, Tensor]:
-        """Out of place: layer's buffer becomes its first ``start`` positions followed by ``positions``,
-        (N, T, 2, kv_heads, head_dim)."""
-        buffer = torch.cat([self.buffers[layer][:, :start], positions], dim=1)
-        self.buffers[layer] = buffer
-        self.keys[layer] = buffer[:, :, 0].transpose(1, 2)
-        self.values[layer] = buffer[:, :, 1].transpose(1, 2)
-        return self.read(layer, buffer.shape[1])
 
     def read(self, layer: int, end: int) -> tuple[Tensor, Tensor]:
         """Keys and values of positions ``0 .. end - 1`` of ``layer``, (N, kv_heads, end, head_dim) each."""
@@ -117,8 +90,5 @@ class KeyValueCache:
     def reorder(self, rows: Tensor, end: int) -> None:
         """Replaces every layer's first ``end`` positions of each row by those of row ``rows[i]`` (beam search:
         each surviving beam continues from its parent's keys and values)."""
-        if self.out_of_place:
-            self._use([b[rows] for b in self.buffers])
-            return
         for buffer in self.buffers:
             buffer[:, :end] = buffer[rows, :end]

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from strhub.models.decoding import EarlyStopping, all_ended, cut_after_latest_first_eos
+from strhub.models.decoding import EarlyStopping, KeyValueCache, all_ended, cut_after_latest_first_eos
 from strhub.models.modules import ViTEncoder, check_images
 
 # Per decoder layer, the (keys, values) of a sequence, each (N, num_heads, S, head_dim).
@@ -183,10 +183,12 @@ class Decoder(nn.Module):
         first = self.layers[0]
         return first.self_attn.project_query(first.norm_q(query))
 
-    def new_cache(self, batch_size: int, max_steps: int, like: Tensor) -> list[Tensor]:
-        """Empty per-layer content key/value buffers for :meth:`forward_step`: (N, max_steps, 2D) each, a position's
-        keys and values packed in one row, so that a step writes its projection with a single copy."""
-        return [like.new_empty(batch_size, max_steps, 2 * layer.self_attn.embed_dim) for layer in self.layers]
+    def new_cache(self, batch_size: int, max_steps: int, like: Tensor) -> KeyValueCache:
+        """Empty content key/value buffers of every layer for :meth:`forward_step`; a position's keys and values lie
+        in one row, so that a step writes its packed projection with a single copy."""
+        attn = self.layers[0].self_attn
+        head_dim = attn.embed_dim // attn.num_heads
+        return KeyValueCache(len(self.layers), batch_size, attn.num_heads, max_steps, head_dim, like)
 
     def forward_step(
         self,
@@ -194,7 +196,7 @@ class Decoder(nn.Module):
         first_self_query: Tensor,
         content: Tensor,
         memory_kv: LayerKeyValues,
-        cache: list[Tensor],
+        cache: KeyValueCache,
         position: int,
     ) -> Tensor:
         """One left-to-right decoding step with cached content keys/values.
@@ -213,13 +215,11 @@ class Decoder(nn.Module):
             (N, 1, D) normalised query output.
         """
         last = len(self.layers) - 1
-        end = position + 1
         query_q = first_self_query
         for i, layer in enumerate(self.layers):
             attn = layer.self_attn
             content_norm = layer.norm_c(content)
-            cache[i][:, position : position + 1] = attn.project_packed_key_value(content_norm)
-            content_kv = attn.split_key_value(cache[i][:, :end])
+            content_kv = cache.write_packed(i, attn.project_packed_key_value(content_norm), position)
             if i > 0:
                 query_q = attn.project_query(layer.norm_q(query))
             if i == last:
@@ -497,8 +497,9 @@ class PARSeq(EarlyStopping, nn.Module):
         residual = queries + self_attn.out_proj.bias
         self_queries = self.decoder.project_first_queries(queries[None]).expand(n, -1, -1, -1)
         embeddings = self.text_embed.table()
-        cache = self.decoder.new_cache(n, num_steps, memory_kv[0])[0]
-        keys, values = self_attn.split_key_value(cache)
+        kv_cache = self.decoder.new_cache(n, num_steps, memory_kv[0])
+        # The step's packed projection is written straight into the layer's buffer, (N, steps, 2D).
+        cache, keys, values = kv_cache.buffers[0].view(n, num_steps, 2 * d), kv_cache.keys[0], kv_cache.values[0]
         token = torch.full((n,), self.bos_id, dtype=torch.long, device=cache.device)
         ended = torch.zeros(n, dtype=torch.bool, device=cache.device)
         logits = []
