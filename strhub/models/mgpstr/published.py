@@ -75,7 +75,13 @@ def _rename_hf(key: str) -> str | None:
         raise KeyError(key)
     if key.startswith('mgp_str.encoder.blocks.'):
         return 'model.' + key[len('mgp_str.encoder.') :]
-    match = re.match(r'^(char|bpe|wp)_(a3_module|head)\.(.+)$', key)
+    return _head_key(key, 'a3_module')
+
+
+def _head_key(key: str, a3_name: str) -> str:
+    """Our key for ``<char|bpe|wp>_<a3_name|head>.<rest>``: a classifier or an A³ module (``a3_name`` is what the
+    layout calls the A³ modules)."""
+    match = re.match(rf'^(char|bpe|wp)_({a3_name}|head)\.(.+)$', key)
     if match is None:
         raise KeyError(key)
     head, part, rest = match.groups()
@@ -92,13 +98,7 @@ def _rename_original(key: str) -> str | None:
         return None
     if key.startswith(('patch_embed.proj.', 'blocks.')) or key in ('cls_token', 'pos_embed'):
         return 'model.' + key
-    match = re.match(r'^(char|bpe|wp)_(tokenLearner|head)\.(.+)$', key)
-    if match is None:
-        raise KeyError(key)
-    head, part, rest = match.groups()
-    if part == 'head':
-        return f'model.heads.{_HEAD_NAMES[head]}.{rest}'
-    return _a3_key(head, rest)
+    return _head_key(key, 'tokenLearner')
 
 
 def _is_hf(state: Mapping) -> bool:
