@@ -15,7 +15,7 @@ import time
 import warnings
 import weakref
 from abc import abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
@@ -88,8 +88,9 @@ warnings.filterwarnings(
 )
 
 
-def check_kwargs(target: type, kwargs: Mapping[str, Any], what: str) -> None:
+def check_kwargs(target: type, kwargs: Mapping[str, Any], what: str, set_elsewhere: Iterable[str] = ()) -> None:
     """Raises a ValueError listing the valid names when ``kwargs`` has a key ``target.__init__`` does not take.
+    ``set_elsewhere``: arguments the caller passes itself, left out of the valid names.
 
     Walks the MRO for classes whose ``__init__`` forwards ``**kwargs`` to their parent.
     """
@@ -101,6 +102,7 @@ def check_kwargs(target: type, kwargs: Mapping[str, Any], what: str) -> None:
         valid |= {n for n, p in params.items() if n != 'self' and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
         if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
             break
+    valid -= set(set_elsewhere)
     unknown = sorted(set(kwargs) - valid)
     if unknown:
         raise ValueError(f'unknown {what} key(s) {unknown} for {target.__name__}; valid keys: {sorted(valid)}')
@@ -219,13 +221,13 @@ class BaseSystem(pl.LightningModule):
         system fixes itself (class counts and special ids from its tokenizer, the image size ...). An ``arch`` key
         the constructor does not take, or one the system fixes, is a ValueError naming it and the valid keys."""
         arch = dict(arch)
-        check_kwargs(model_class, arch, 'model.arch')
         fixed_here = sorted(set(arch) & set(fixed))
         if fixed_here:
             raise ValueError(
                 f'model.arch.{fixed_here[0]} is set from the model config / tokenizer by {type(self).__name__} '
                 f'(as are {sorted(fixed)}); remove it from model.arch'
             )
+        check_kwargs(model_class, arch, 'model.arch', set_elsewhere=fixed)
         return model_class(**fixed, **arch)
 
     def build_tokenizer(self) -> Tokenizer:
