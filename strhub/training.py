@@ -25,13 +25,21 @@ from strhub.progress import ProgressLog, stdout_is_terminal
 log = logging.getLogger(__name__)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX), where bf16 matrix products run ~2x
+    faster than fp32 ones (oneDNN); without it bf16 is emulated and slower, so fp32 is kept."""
+    checks = ('_is_avx512_bf16_supported', '_is_amx_tile_supported')
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
 def resolve_precision(precision: str | int | None, accelerator: str) -> str | int:
-    """``auto``: bf16 mixed precision on GPUs that support it, fp16 mixed on older GPUs, fp32 on the CPU."""
+    """``auto``: bf16 mixed precision on GPUs that support it, fp16 mixed on older GPUs; on the CPU bf16 mixed where
+    the CPU has bf16 instructions (:func:`cpu_has_native_bf16`), else fp32."""
     if precision not in (None, 'auto'):
         return precision
     on_gpu = accelerator in ('gpu', 'cuda') or (accelerator == 'auto' and torch.cuda.is_available())
     if not on_gpu:
-        return '32-true'
+        return 'bf16-mixed' if cpu_has_native_bf16() else '32-true'
     return 'bf16-mixed' if torch.cuda.is_bf16_supported() else '16-mixed'
 
 

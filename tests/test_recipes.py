@@ -124,3 +124,14 @@ def test_same_seed_and_command_give_identical_losses(recipe, extra, word_data, t
         runs.append(recorder.losses)
     assert len(runs[0]) == 4
     assert runs[0] == runs[1]
+
+
+def test_precision_auto_takes_bf16_where_the_cpu_has_bf16_instructions(monkeypatch):
+    from strhub import training
+
+    monkeypatch.setattr(training, 'cpu_has_native_bf16', lambda: True)
+    assert training.resolve_precision('auto', 'cpu') == 'bf16-mixed'
+    monkeypatch.setattr(training, 'cpu_has_native_bf16', lambda: False)
+    assert training.resolve_precision('auto', 'cpu') == '32-true'
+    assert training.resolve_precision('32-true', 'cpu') == '32-true'  # an explicit choice is kept
+    assert isinstance(training.cpu_has_native_bf16(), bool)
