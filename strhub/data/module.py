@@ -102,6 +102,17 @@ def collate_evaluation(batch: Sequence[tuple | BadSample]) -> EvaluationBatch:
     return EvaluationBatch(torch.stack([s[0] for s in good]), [s[1] for s in good], skipped)
 
 
+def resolve_num_workers(value: int | str) -> int:
+    """``data.num_workers``: a number, or ``auto``: the CPU cores this process may use, less one for the training
+    process, shared between the visible GPUs, at most 8 (on a 2-core machine: 1)."""
+    if isinstance(value, int) and value >= 0:
+        return value
+    if value != 'auto':
+        raise ValueError(f"data.num_workers must be a number >= 0 or 'auto', got {value!r}")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+    return max(1, min(8, cores // max(1, torch.cuda.device_count()) - 1))
+
+
 class SceneTextDataModule(pl.LightningDataModule):
     """Training, validation and test data from STR LMDBs.
 
@@ -115,6 +126,7 @@ class SceneTextDataModule(pl.LightningDataModule):
         charset_train / charset_test: charset specs (see :func:`resolve_charset`); training labels are filtered
             with the train charset, validation / test labels with the test charset.
         preprocess: a :class:`Preprocess` (a system's ``preprocessing``) or its fields (img_size, resize ...).
+        num_workers: DataLoader processes, or ``auto`` (see :func:`resolve_num_workers`).
         augment: augmentation config for training (see :mod:`strhub.data.augment`), or a bool: true for the default
             augmentation; None, false or disabled = off.
         samples_per_epoch: draws per training epoch when mixing sources (default: their total size).
@@ -139,7 +151,7 @@ class SceneTextDataModule(pl.LightningDataModule):
         preprocess: Preprocess | Mapping[str, Any] | None = None,
         augment: Mapping[str, Any] | bool | None = None,
         batch_size: int = 256,
-        num_workers: int = 2,
+        num_workers: int | str = 2,
         remove_whitespace: bool = True,
         normalize_unicode: bool = True,
         unknown_chars: str = 'remove',
@@ -165,7 +177,7 @@ class SceneTextDataModule(pl.LightningDataModule):
             augment = {'enabled': augment}
         self.augment_cfg = dict(augment) if augment else None
         self.batch_size = batch_size
-        self.num_workers = num_workers
+        self.num_workers = resolve_num_workers(num_workers)
         self.filter_kwargs = dict(
             max_length=max_label_length,
             remove_whitespace=remove_whitespace,
