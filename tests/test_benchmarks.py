@@ -21,7 +21,7 @@ SMALL_PARSEQ = [
 
 
 def run_script(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, 'benchmarks/train_vs_reference.py', '--model', 'parseq-tiny', '--device', 'cpu', *args]
+    cmd = [sys.executable, 'benchmarks/vs_reference.py', '--models', 'parseq-tiny', '--device', 'cpu', *args]
     return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO_ROOT, timeout=900)
 
 
@@ -32,27 +32,40 @@ def run_script(*args: str) -> subprocess.CompletedProcess:
         pytest.param(['--compile'], id='compile'),
     ],
 )
-def test_train_vs_reference_runs_ours_on_cpu(options, tmp_path):
+def test_vs_reference_trains_ours_on_cpu(options, tmp_path):
     data = make_word_lmdb(tmp_path / 'words', 16)
     proc = run_script(
         '--batch-size', '4', '--steps', '2', '--warmup', '1', '--rounds', '1', '--data', str(data), '--workers', '1',
         *options, '--set', *SMALL_PARSEQ,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = proc.stdout.strip().splitlines()
-    assert lines[0].startswith('ours') and 'samples/s' in lines[0] and 'workers 1' in lines[0]
-    assert 'parseq-tiny, batch 4' in lines[-1] and f'LMDB {data}' in lines[-1]
+    first = json.loads(proc.stdout.splitlines()[0].split(maxsplit=2)[2])
+    assert first['samples_per_s'] > 0 and first['workers'] == 1 and first['device'].startswith('cpu')
+    assert 'training, batch 4' in proc.stdout and 'LMDB, with augmentation' in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1].startswith('| parseq-tiny |')
 
 
-def test_train_vs_reference_side_reports_a_finite_loss():
-    proc = run_script('--batch-size', '2', '--steps', '1', '--warmup', '0', '--side', 'ours', '--set', *SMALL_PARSEQ)
+def test_vs_reference_side_reports_a_finite_loss(tmp_path):
+    proc = run_script(
+        '--batch-size', '2', '--steps', '1', '--warmup', '0', '--side', 'ours', '--model', 'parseq-tiny',
+        '--workdir', str(tmp_path), '--set', *SMALL_PARSEQ,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result['side'] == 'ours' and result['samples_per_s'] > 0 and 0 < result['final_loss'] < 20
+    assert result['samples_per_s'] > 0 and 0 < result['final_loss'] < 20
     assert result['device'].startswith('cpu')
 
 
-def test_train_vs_reference_refuses_a_folder_without_the_reference(tmp_path):
+def test_vs_reference_times_inference_of_ours_on_cpu():
+    proc = run_script('--task', 'infer', '--batch-sizes', '1', '3', '--steps', '2', '--warmup', '1', '--rounds', '1',
+                      '--set', *SMALL_PARSEQ)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'ms at batch 1, ours' in proc.stdout and 'ms at batch 3, ours' in proc.stdout
+    row = proc.stdout.strip().splitlines()[-1]
+    assert row.startswith('| parseq-tiny |') and row.rstrip(' |').endswith('nan')  # no reference: nothing compared
+
+
+def test_vs_reference_refuses_a_folder_without_the_reference(tmp_path):
     proc = run_script('--reference', str(tmp_path), '--steps', '1')
     assert proc.returncode == 2 and 'has no strhub/ package' in proc.stderr
 
