@@ -48,7 +48,7 @@ def test_vs_reference_trains_ours_on_cpu(options, tmp_path):
 def test_vs_reference_side_reports_a_finite_loss(tmp_path):
     proc = run_script(
         '--batch-size', '2', '--steps', '1', '--warmup', '0', '--side', 'ours', '--model', 'parseq-tiny',
-        '--workdir', str(tmp_path), '--set', *SMALL_PARSEQ,
+        '--workdir', str(tmp_path), '--workers', '0', '--set', *SMALL_PARSEQ,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -20,7 +20,7 @@ from strhub.config import compose_config, model_config
 from strhub.data.sharding import EvaluationShardSampler
 from strhub.models.base import scaled_lr
 from strhub.models.loading import build_system, load
-from strhub.training import build_datamodule, build_trainer, resolve_strategy
+from strhub.training import build_datamodule, build_trainer, resolve_precision, resolve_strategy
 from tests.conftest import REPO_ROOT, TINY_PARSEQ, make_word_lmdb
 
 DDP = ['trainer=ddp', 'trainer.accelerator=cpu', 'trainer.devices=2']
@@ -112,7 +112,9 @@ def test_ddp_validation_figures_equal_a_single_process(ddp_run):
 
     cfg = compose_config(overrides)
     datamodule = build_datamodule(OmegaConf.to_container(cfg.data, resolve=True))
-    trainer = pl.Trainer(accelerator='cpu', devices=1, logger=False, enable_progress_bar=False)
+    # The precision the run validated in (bf16 mixed on CPUs with bf16 instructions, else fp32).
+    precision = resolve_precision(cfg.trainer.precision, 'cpu')
+    trainer = pl.Trainer(accelerator='cpu', devices=1, precision=precision, logger=False, enable_progress_bar=False)
     single = trainer.validate(load(best), datamodule=datamodule, verbose=False)[0]
     assert len(trainer.val_dataloaders.dataset) == 15
     for key, value in logged.items():
