@@ -60,6 +60,7 @@ class KeyValueCache:
 
     def _use(self, buffers: list[Tensor]) -> None:
         self.buffers = buffers
+        self.packed = [b.flatten(2) for b in buffers]  # (N, capacity, 2 * kv_heads * head_dim) views
         self.keys = [b[:, :, 0].transpose(1, 2) for b in buffers]
         self.values = [b[:, :, 1].transpose(1, 2) for b in buffers]
 
@@ -74,9 +75,11 @@ class KeyValueCache:
     def write_packed(self, layer: int, packed: Tensor, start: int) -> tuple[Tensor, Tensor]:
         """:meth:`write` for (N, T, 2 * kv_heads * head_dim) keys then values, heads not yet split; (N, 2 * kv_heads
         * head_dim) rows are one position."""
-        buffer = self.buffers[layer]
-        end = start + (1 if packed.dim() == 2 else packed.shape[1])
-        buffer[:, start:end] = packed.view(buffer.shape[0], end - start, *buffer.shape[2:])
+        if packed.dim() == 2:
+            self.packed[layer][:, start] = packed
+            return self.read(layer, start + 1)
+        end = start + packed.shape[1]
+        self.packed[layer][:, start:end] = packed
         return self.read(layer, end)
 
     def read(self, layer: int, end: int) -> tuple[Tensor, Tensor]:

@@ -15,7 +15,9 @@ Masks passed to :meth:`PARSeq.decode` are boolean with ``True`` marking a key a 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -111,9 +113,24 @@ class DecoderLayer(nn.Module):
         self.norm_c = nn.LayerNorm(embed_dim)
         self.dropout = dropout
 
-    def _drop(self, x: Tensor) -> Tensor:
-        # Functional dropout: a module call per use is measurable overhead in single-image decoding.
-        return F.dropout(x, self.dropout, self.training)
+    def stream_ops(self) -> StreamOps:
+        """The layer's operations bound to its current parameters, for :func:`run_stream` and the decoding loop
+        (which takes them once per decoding instead of once per step)."""
+        return StreamOps(
+            num_heads=self.self_attn.num_heads,
+            dropout=self.dropout if self.training else 0.0,
+            norm_q=_bound_norm(self.norm_q),
+            norm_c=_bound_norm(self.norm_c),
+            norm1=_bound_norm(self.norm1),
+            norm2=_bound_norm(self.norm2),
+            self_query=_bound_projection(self.self_attn, 0),
+            self_key_value=_bound_projection(self.self_attn, 1),
+            self_out=_bound_linear(self.self_attn.out_proj),
+            cross_query=_bound_projection(self.cross_attn, 0),
+            cross_out=_bound_linear(self.cross_attn.out_proj),
+            linear1=_bound_linear(self.linear1),
+            linear2=_bound_linear(self.linear2),
+        )
 
     def forward_stream(
         self,
@@ -123,7 +140,7 @@ class DecoderLayer(nn.Module):
         memory_kv: tuple[Tensor, Tensor],
         allowed: Tensor | None,
     ) -> Tensor:
-        """One stream through the layer.
+        """One stream through the layer (:func:`run_stream` with this layer's operations).
 
         Args:
             x: (N, L, D) stream input.
@@ -137,11 +154,90 @@ class DecoderLayer(nn.Module):
         Returns:
             (N, L, D).
         """
-        x = x + self._drop(self.self_attn.attend(self_query, *content_kv, allowed))
-        q = self.cross_attn.project_query(self.norm1(x))
-        x = x + self._drop(self.cross_attn.attend(q, *memory_kv))
-        hidden = self._drop(F.gelu(self.linear1(self.norm2(x))))
-        return x + self._drop(self.linear2(hidden))
+        return run_stream(self.stream_ops(), x, self_query, content_kv, memory_kv, allowed)
+
+
+class StreamOps(NamedTuple):
+    """A :class:`DecoderLayer`'s operations with its parameters bound (:meth:`DecoderLayer.stream_ops`): layer norms,
+    projections (``*_query`` -> (N, L, D), ``self_key_value`` -> packed (N, L, 2D)) and output linears, each a
+    one-argument callable; ``dropout`` is the layer's rate in training and 0 in eval mode."""
+
+    num_heads: int
+    dropout: float
+    norm_q: Callable[[Tensor], Tensor]
+    norm_c: Callable[[Tensor], Tensor]
+    norm1: Callable[[Tensor], Tensor]
+    norm2: Callable[[Tensor], Tensor]
+    self_query: Callable[[Tensor], Tensor]
+    self_key_value: Callable[[Tensor], Tensor]
+    self_out: Callable[[Tensor], Tensor]
+    cross_query: Callable[[Tensor], Tensor]
+    cross_out: Callable[[Tensor], Tensor]
+    linear1: Callable[[Tensor], Tensor]
+    linear2: Callable[[Tensor], Tensor]
+
+
+def _bound_norm(norm: nn.LayerNorm) -> Callable[[Tensor], Tensor]:
+    shape, weight, bias = norm.normalized_shape, norm.weight, norm.bias
+    return partial(torch.layer_norm, normalized_shape=shape, weight=weight, bias=bias, eps=norm.eps)
+
+
+def _bound_linear(linear: nn.Module) -> Callable[[Tensor], Tensor]:
+    # A plain float layer is called through F.linear on its parameters (a module call costs more than the product
+    # itself in single-image decoding); other kinds (e.g. dynamically quantised layers) through the module.
+    if isinstance(linear, nn.Linear) and isinstance(linear.weight, Tensor):
+        return partial(F.linear, weight=linear.weight, bias=linear.bias)
+    return linear
+
+
+def _bound_projection(attn: MultiheadAttention, part: int) -> Callable[[Tensor], Tensor]:
+    """``part`` 0: the query projection, 1: the packed key/value projection of ``attn``'s ``in_proj``."""
+    d = attn.embed_dim
+    rows = slice(0, d) if part == 0 else slice(d, 3 * d)
+    return partial(F.linear, weight=attn.in_proj_weight[rows], bias=attn.in_proj_bias[rows])
+
+
+def split_heads(x: Tensor, num_heads: int) -> Tensor:
+    """(N, L, D) -> (N, num_heads, L, head_dim); (N, D) rows of one position each -> (N, num_heads, 1, head_dim)."""
+    if x.dim() == 2:
+        n, d = x.shape
+        return x.view(n, num_heads, 1, d // num_heads)
+    n, length, d = x.shape
+    return x.view(n, length, num_heads, d // num_heads).transpose(1, 2)
+
+
+def merge_heads(x: Tensor, rows: bool) -> Tensor:
+    """(N, num_heads, L, head_dim) -> (N, L, D), or (N, D) with ``rows`` (L = 1)."""
+    n, heads, length, head_dim = x.shape
+    if rows:
+        return x.view(n, heads * head_dim)
+    return x.transpose(1, 2).reshape(n, length, heads * head_dim)
+
+
+def run_stream(
+    ops: StreamOps,
+    x: Tensor,
+    self_query: Tensor,
+    content_kv: tuple[Tensor, Tensor],
+    memory_kv: tuple[Tensor, Tensor],
+    allowed: Tensor | None,
+) -> Tensor:
+    """The arithmetic of one stream through a decoder layer (pre-LN self-attention over the content,
+    cross-attention over the image memory, MLP), shared by training, batched decoding and the per-step decoding loop.
+    Arguments as in :meth:`DecoderLayer.forward_stream`; ``x`` may also be (N, D) rows of one position each (the
+    per-step loop: plain matrix products, no sequence dimension to reshape)."""
+    p, rows = ops.dropout, x.dim() == 2
+    attended = F.scaled_dot_product_attention(self_query, *content_kv, attn_mask=allowed, dropout_p=p)
+    x = x + _drop(ops.self_out(merge_heads(attended, rows)), p)
+    q = split_heads(ops.cross_query(ops.norm1(x)), ops.num_heads)
+    attended = F.scaled_dot_product_attention(q, *memory_kv, dropout_p=p)
+    x = x + _drop(ops.cross_out(merge_heads(attended, rows)), p)
+    hidden = _drop(F.gelu(ops.linear1(ops.norm2(x))), p)
+    return x + _drop(ops.linear2(hidden), p)
+
+
+def _drop(x: Tensor, p: float) -> Tensor:
+    return F.dropout(x, p, True) if p > 0 else x
 
 
 class Decoder(nn.Module):
@@ -192,6 +288,7 @@ class Decoder(nn.Module):
 
     def forward_step(
         self,
+        ops: Sequence[StreamOps],
         query: Tensor,
         first_self_query: Tensor,
         content: Tensor,
@@ -206,30 +303,30 @@ class Decoder(nn.Module):
         into ``cache`` in place. Training uses :meth:`PARSeq.decode` (teacher forcing) instead.
 
         Args:
-            query: (N, 1, D) query for ``position``.
+            ops: every layer's :meth:`DecoderLayer.stream_ops`, taken once for all steps.
+            query: (N, D) query row for ``position``.
             first_self_query: (N, H, 1, d_h) its first-layer self-attention query (:meth:`project_first_queries`).
-            content: (N, 1, D) embedded context token at ``position``.
+            content: (N, D) embedded context token at ``position``.
             cache: buffers from :meth:`new_cache`, filled for positions < ``position``.
 
         Returns:
-            (N, 1, D) normalised query output.
+            (N, D) query output, before the final norm.
         """
-        last = len(self.layers) - 1
+        last = len(ops) - 1
         query_q = first_self_query
-        for i, layer in enumerate(self.layers):
-            attn = layer.self_attn
+        for i, layer in enumerate(ops):
             content_norm = layer.norm_c(content)
-            content_kv = cache.write_packed(i, attn.project_packed_key_value(content_norm), position)
+            content_kv = cache.write_packed(i, layer.self_key_value(content_norm), position)
             if i > 0:
-                query_q = attn.project_query(layer.norm_q(query))
+                query_q = split_heads(layer.self_query(layer.norm_q(query)), layer.num_heads)
             if i == last:
-                query = layer.forward_stream(query, query_q, content_kv, memory_kv[i], None)
+                query = run_stream(layer, query, query_q, content_kv, memory_kv[i], None)
             else:
-                # Both streams see exactly content 0..position here, so one pass serves both.
-                both_q = torch.cat([query_q, attn.project_query(content_norm)], dim=2)
-                both = layer.forward_stream(torch.cat([query, content], dim=1), both_q, content_kv, memory_kv[i], None)
-                query, content = both.split(1, dim=1)
-        return self.norm(query)
+                # Both streams see exactly content 0..position here, so one pass serves both (as a 2-long sequence).
+                both_q = torch.cat([query_q, split_heads(layer.self_query(content_norm), layer.num_heads)], dim=2)
+                both = torch.stack([query, content], dim=1)
+                query, content = run_stream(layer, both, both_q, content_kv, memory_kv[i], None).unbind(1)
+        return query
 
 
 def _allowed_keys(blocked: Tensor | None, padding: Tensor | None) -> Tensor | None:
@@ -406,7 +503,7 @@ class PARSeq(EarlyStopping, nn.Module):
         # recomputes the prefix instead: the same logits, out of place.
         wants_grad = torch.is_grad_enabled() and (memory.requires_grad or self.pos_queries.requires_grad)
         if self.decode_ar and self.use_cache and not wants_grad:
-            logits = self._decode_ar_cached(memory, memory_kv, num_steps, stop_early)
+            logits = self._decode_ar_cached(memory_kv, num_steps, stop_early)
         elif self.decode_ar:
             logits = self._decode_ar_recompute(memory, num_steps, stop_early)
         else:
@@ -435,97 +532,37 @@ class PARSeq(EarlyStopping, nn.Module):
                     break
         return torch.cat(logits, dim=1)
 
-    def _decode_ar_cached(self, memory: Tensor, memory_kv: LayerKeyValues, num_steps: int, stop_early: bool) -> Tensor:
-        """Left-to-right greedy decoding that computes one new position per step (see :meth:`Decoder.forward_step`)."""
-        check_every = self.eos_check_every(memory.device)
-        if len(self.decoder.layers) == 1 and not self.training and self._float_linears():
-            return self._decode_ar_one_layer(memory_kv[0], num_steps, stop_early, check_every)
-        n = memory.shape[0]
-        cache = self.decoder.new_cache(n, num_steps, memory)
-        logits = memory.new_empty(n, num_steps, self.head.out_features)
-        token = torch.full((n, 1), self.bos_id, dtype=torch.long, device=memory.device)
-        ended = torch.zeros(n, dtype=torch.bool, device=memory.device)
-        queries = F.dropout(self.pos_queries[:, :num_steps], self.dropout, self.training)
+    def _decode_ar_cached(self, memory_kv: LayerKeyValues, num_steps: int, stop_early: bool) -> Tensor:
+        """Left-to-right greedy decoding that computes one new position per step (:meth:`Decoder.forward_step`), with
+        everything that does not change between steps taken once: the layers' bound operations, the position
+        queries and their first-layer self-attention queries, and the scaled token embeddings."""
+        keys = memory_kv[0][0]
+        n, device = keys.shape[0], keys.device
+        check_every = self.eos_check_every(device)
+        ops = [layer.stream_ops() for layer in self.decoder.layers]
+        final_norm, head = _bound_norm(self.decoder.norm), _bound_linear(self.head)
+        dropout = ops[0].dropout
+        cache = self.decoder.new_cache(n, num_steps, keys)
+        embeddings = self.text_embed.table()
+        queries = _drop(self.pos_queries[:, :num_steps], dropout)
         first_self_queries = self.decoder.project_first_queries(queries).expand(n, -1, -1, -1)
         queries = queries.expand(n, -1, -1)
-        for i in range(num_steps):
-            content = self.text_embed(token)
-            if i > 0:
-                content = content + self.pos_queries[:, i - 1 : i]
-            content = F.dropout(content, self.dropout, self.training)
-            out = self.decoder.forward_step(
-                queries[:, i : i + 1], first_self_queries[:, :, i : i + 1], content, memory_kv, cache, i
-            )
-            logits[:, i : i + 1] = self.head(out)
-            if i + 1 < num_steps:
-                token = logits[:, i : i + 1].argmax(-1)
-                if stop_early:
-                    ended |= token[:, 0] == self.eos_id
-                    if all_ended(ended, i, check_every):
-                        return cut_after_latest_first_eos(logits[:, : i + 1], self.eos_id)
-        return logits
-
-    def _float_linears(self) -> bool:
-        """Whether the decoder's linear layers are plain float ones (not, e.g., dynamically quantised modules, whose
-        ``weight`` is a method): :meth:`_decode_ar_one_layer` reads their parameters directly."""
-        layer = self.decoder.layers[0]
-        linears = (layer.self_attn.out_proj, layer.cross_attn.out_proj, layer.linear1, layer.linear2, self.head)
-        return all(isinstance(module.weight, Tensor) for module in linears)
-
-    def _decode_ar_one_layer(
-        self, memory_kv: tuple[Tensor, Tensor], num_steps: int, stop_early: bool, check_every: int
-    ) -> Tensor:
-        """:meth:`_decode_ar_cached` for the published one-layer decoder in eval mode, the same arithmetic written for
-        the per-step loop: (N, D) rows instead of (N, 1, D) sequences, functional calls on the parameters, weight
-        slices, position terms and views taken once before the loop, and the step's keys/values projected straight
-        into the cache. At batch 1 on a CPU the step is a handful of matrix-vector products, so the other ops' fixed
-        cost is a large share of its time. No dropout: eval mode only.
-        """
-        layer, final_norm, head = self.decoder.layers[0], self.decoder.norm, self.head
-        self_attn, cross = layer.self_attn, layer.cross_attn
-        n, num_heads, _, head_dim = memory_kv[0].shape
-        d = num_heads * head_dim
-        shape = (d,)
-        norm_c, norm1, norm2 = layer.norm_c, layer.norm1, layer.norm2
-        kv_weight, kv_bias = self_attn.in_proj_weight[d:].t(), self_attn.in_proj_bias[d:]
-        q_weight, q_bias = cross.in_proj_weight[:d], cross.in_proj_bias[:d]
-        out_weight = self_attn.out_proj.weight.t()
-        cross_out, linear1, linear2 = cross.out_proj, layer.linear1, layer.linear2
-        # The query stream's input is its position query, so its first residual term and self-attention query are
-        # the same for every image.
-        queries = self.pos_queries[0, :num_steps]
-        residual = queries + self_attn.out_proj.bias
-        self_queries = self.decoder.project_first_queries(queries[None]).expand(n, -1, -1, -1)
-        embeddings = self.text_embed.table()
-        kv_cache = self.decoder.new_cache(n, num_steps, memory_kv[0])
-        # The step's packed projection is written straight into the layer's buffer, (N, steps, 2D).
-        cache, keys, values = kv_cache.buffers[0].view(n, num_steps, 2 * d), kv_cache.keys[0], kv_cache.values[0]
-        token = torch.full((n,), self.bos_id, dtype=torch.long, device=cache.device)
-        ended = torch.zeros(n, dtype=torch.bool, device=cache.device)
+        positions = self.pos_queries[0, :num_steps]
+        step, eos_id = self.decoder.forward_step, self.eos_id
+        token = torch.full((n,), self.bos_id, dtype=torch.long, device=device)
+        ended = torch.zeros(n, dtype=torch.bool, device=device)
         logits = []
         for i in range(num_steps):
             # Context token i: BOS, then the character at position i - 1 with that position's query (_embed_context).
-            content = embeddings[token] if i == 0 else embeddings[token] + queries[i - 1]
-            content = F.layer_norm(content, shape, norm_c.weight, norm_c.bias, norm_c.eps)
-            cache[:, i] = torch.addmm(kv_bias, content, kv_weight)
-            end = i + 1
-            attended = F.scaled_dot_product_attention(self_queries[:, :, i:end], keys[:, :, :end], values[:, :, :end])
-            x = torch.addmm(residual[i], attended.view(n, d), out_weight)
-            q = F.linear(F.layer_norm(x, shape, norm1.weight, norm1.bias, norm1.eps), q_weight, q_bias)
-            attended = F.scaled_dot_product_attention(q.view(n, num_heads, 1, head_dim), *memory_kv)
-            x = x + F.linear(attended.view(n, d), cross_out.weight, cross_out.bias)
-            hidden = F.gelu(
-                F.linear(F.layer_norm(x, shape, norm2.weight, norm2.bias, norm2.eps), linear1.weight, linear1.bias)
-            )
-            x = x + F.linear(hidden, linear2.weight, linear2.bias)
-            x = F.layer_norm(x, shape, final_norm.weight, final_norm.bias, final_norm.eps)
-            logits.append(F.linear(x, head.weight, head.bias))
-            if end < num_steps:
+            content = _drop(embeddings[token] if i == 0 else embeddings[token] + positions[i - 1], dropout)
+            out = step(ops, queries[:, i], first_self_queries[:, :, i : i + 1], content, memory_kv, cache, i)
+            logits.append(head(final_norm(out)))
+            if i + 1 < num_steps:
                 token = logits[-1].argmax(-1)
                 if stop_early:
-                    ended |= token == self.eos_id
+                    ended |= token == eos_id
                     if all_ended(ended, i, check_every):
-                        return cut_after_latest_first_eos(torch.stack(logits, dim=1), self.eos_id)
+                        return cut_after_latest_first_eos(torch.stack(logits, dim=1), eos_id)
         return torch.stack(logits, dim=1)
 
     def _refine(self, logits: Tensor, memory: Tensor | LayerKeyValues, num_steps: int) -> Tensor:
