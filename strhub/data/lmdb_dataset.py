@@ -344,7 +344,7 @@ class LmdbDataset(Dataset):
             buf = txn.get(image_key(index))
             if buf is None:
                 raise KeyError(image_key(index).decode())
-            img = Image.open(io.BytesIO(bytes(buf)))
+            img = Image.open(io.BytesIO(buf))  # BytesIO copies the buffer: no bytes() copy first
             img.load()
             if not self.return_boxes:
                 return img, None, None
