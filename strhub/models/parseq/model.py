@@ -48,16 +48,15 @@ class TokenEmbedding(nn.Module):
 
 
 class MultiheadAttention(nn.Module):
-    """Multi-head attention with ``nn.MultiheadAttention``'s parameters, split into projection and attention steps
-    so that keys and values can be projected once and reused (image memory, decoding cache)."""
+    """``nn.MultiheadAttention``'s parameters with separate query and key/value projections, so that keys and values
+    can be projected once and reused (image memory, decoding cache); the attention itself is :func:`run_stream`'s."""
 
-    def __init__(self, embed_dim: int, num_heads: int, dropout: float) -> None:
+    def __init__(self, embed_dim: int, num_heads: int) -> None:
         super().__init__()
         if embed_dim % num_heads:
             raise ValueError(f'embed_dim {embed_dim} is not divisible by num_heads {num_heads}')
         self.embed_dim = embed_dim
         self.num_heads = num_heads
-        self.dropout = dropout
         self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * embed_dim))
         self.out_proj = nn.Linear(embed_dim, embed_dim)
@@ -66,8 +65,7 @@ class MultiheadAttention(nn.Module):
     def project_query(self, x: Tensor) -> Tensor:
         """(N, L, D) -> (N, num_heads, L, head_dim)."""
         d = self.embed_dim
-        q = F.linear(x, self.in_proj_weight[:d], self.in_proj_bias[:d])
-        return q.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
+        return split_heads(F.linear(x, self.in_proj_weight[:d], self.in_proj_bias[:d]), self.num_heads)
 
     def project_key_value(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(N, S, D) -> keys and values, each (N, num_heads, S, head_dim)."""
@@ -84,15 +82,6 @@ class MultiheadAttention(nn.Module):
         kv = packed.unflatten(-1, (2, self.num_heads, -1)).permute(2, 0, 3, 1, 4)
         return kv[0], kv[1]
 
-    def attend(self, q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None = None) -> Tensor:
-        """Projected q (N, H, L, d_h), k and v (N, H, S, d_h) -> (N, L, D) output.
-
-        ``allowed``: boolean, broadcastable to (N, H, L, S), True where a query may attend to a key.
-        """
-        dropout = self.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout)
-        return self.out_proj(out.transpose(1, 2).flatten(2))
-
 
 class DecoderLayer(nn.Module):
     """Pre-LN transformer decoder layer for two-stream attention (XLNet style).
@@ -103,8 +92,8 @@ class DecoderLayer(nn.Module):
 
     def __init__(self, embed_dim: int, num_heads: int, mlp_dim: int, dropout: float) -> None:
         super().__init__()
-        self.self_attn = MultiheadAttention(embed_dim, num_heads, dropout)
-        self.cross_attn = MultiheadAttention(embed_dim, num_heads, dropout)
+        self.self_attn = MultiheadAttention(embed_dim, num_heads)
+        self.cross_attn = MultiheadAttention(embed_dim, num_heads)
         self.linear1 = nn.Linear(embed_dim, mlp_dim)
         self.linear2 = nn.Linear(mlp_dim, embed_dim)
         self.norm1 = nn.LayerNorm(embed_dim)
@@ -149,7 +138,7 @@ class DecoderLayer(nn.Module):
                 the caller, which can share or precompute them.
             content_kv: self-attention keys and values of the normalised content, (N, H, S, d_h) each.
             memory_kv: cross-attention keys and values of the image memory, (N, H, S_mem, d_h) each.
-            allowed: self-attention mask, True where a query may attend (see :meth:`MultiheadAttention.attend`).
+            allowed: self-attention mask, broadcastable to (N, H, L, S), True where a query may attend.
 
         Returns:
             (N, L, D).
@@ -263,13 +252,14 @@ class Decoder(nn.Module):
         """(N, L_q, D) queries attending to (N, L_c, D) content -> (N, L_q, D) normalised query outputs."""
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
+            ops = layer.stream_ops()  # bound once for both streams
             content_norm = layer.norm_c(content)
             content_kv = layer.self_attn.project_key_value(content_norm)
             query_q = layer.self_attn.project_query(layer.norm_q(query))
-            next_query = layer.forward_stream(query, query_q, content_kv, memory_kv[i], query_allowed)
+            next_query = run_stream(ops, query, query_q, content_kv, memory_kv[i], query_allowed)
             if i < last:
                 content_q = layer.self_attn.project_query(content_norm)
-                content = layer.forward_stream(content, content_q, content_kv, memory_kv[i], content_allowed)
+                content = run_stream(ops, content, content_q, content_kv, memory_kv[i], content_allowed)
             query = next_query
         return self.norm(query)
 
