@@ -103,8 +103,8 @@ class DecoderLayer(nn.Module):
         self.dropout = dropout
 
     def stream_ops(self) -> StreamOps:
-        """The layer's operations bound to its current parameters, for :func:`run_stream` and the decoding loop
-        (which takes them once per decoding instead of once per step)."""
+        """The layer's operations bound to its current parameters, for :func:`run_stream` (the layer's arithmetic);
+        the decoding loop takes them once per decoding instead of once per step."""
         return StreamOps(
             num_heads=self.self_attn.num_heads,
             dropout=self.dropout if self.training else 0.0,
@@ -120,30 +120,6 @@ class DecoderLayer(nn.Module):
             linear1=_bound_linear(self.linear1),
             linear2=_bound_linear(self.linear2),
         )
-
-    def forward_stream(
-        self,
-        x: Tensor,
-        self_query: Tensor,
-        content_kv: tuple[Tensor, Tensor],
-        memory_kv: tuple[Tensor, Tensor],
-        allowed: Tensor | None,
-    ) -> Tensor:
-        """One stream through the layer (:func:`run_stream` with this layer's operations).
-
-        Args:
-            x: (N, L, D) stream input.
-            self_query: (N, H, L, d_h) its self-attention queries, ``self_attn.project_query`` of the stream's
-                normalised input (``norm_q`` for the query stream, ``norm_c`` for the content stream); projected by
-                the caller, which can share or precompute them.
-            content_kv: self-attention keys and values of the normalised content, (N, H, S, d_h) each.
-            memory_kv: cross-attention keys and values of the image memory, (N, H, S_mem, d_h) each.
-            allowed: self-attention mask, broadcastable to (N, H, L, S), True where a query may attend.
-
-        Returns:
-            (N, L, D).
-        """
-        return run_stream(self.stream_ops(), x, self_query, content_kv, memory_kv, allowed)
 
 
 class StreamOps(NamedTuple):
@@ -211,10 +187,23 @@ def run_stream(
     memory_kv: tuple[Tensor, Tensor],
     allowed: Tensor | None,
 ) -> Tensor:
-    """The arithmetic of one stream through a decoder layer (pre-LN self-attention over the content,
-    cross-attention over the image memory, MLP), shared by training, batched decoding and the per-step decoding loop.
-    Arguments as in :meth:`DecoderLayer.forward_stream`; ``x`` may also be (N, D) rows of one position each (the
-    per-step loop: plain matrix products, no sequence dimension to reshape)."""
+    """One stream through a decoder layer (pre-LN self-attention over the content, cross-attention over the image
+    memory, MLP): the one definition of that arithmetic, used by training, batched decoding and the per-step loop.
+
+    Args:
+        ops: the layer's :meth:`DecoderLayer.stream_ops`.
+        x: (N, L, D) stream input, or (N, D) rows of one position each (the per-step loop: plain matrix products, no
+            sequence dimension to reshape).
+        self_query: (N, H, L, d_h) its self-attention queries, ``self_attn.project_query`` of the stream's normalised
+            input (``norm_q`` for the query stream, ``norm_c`` for the content stream); projected by the caller, which
+            can share or precompute them.
+        content_kv: self-attention keys and values of the normalised content, (N, H, S, d_h) each.
+        memory_kv: cross-attention keys and values of the image memory, (N, H, S_mem, d_h) each.
+        allowed: self-attention mask, broadcastable to (N, H, L, S), True where a query may attend.
+
+    Returns:
+        (N, L, D), or (N, D) for rows.
+    """
     p, rows = ops.dropout, x.dim() == 2
     attended = F.scaled_dot_product_attention(self_query, *content_kv, attn_mask=allowed, dropout_p=p)
     x = x + _drop(ops.self_out(merge_heads(attended, rows)), p)
